@@ -1,0 +1,3 @@
+from ssm_train.cli import main
+
+raise SystemExit(main())

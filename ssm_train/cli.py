@@ -1,0 +1,147 @@
+"""``ssm-train``: build objects from configs and hand them to Lightning's Trainer.
+
+    ssm-train fit      [-c FILE ...] [key.sub=value ...]   train (default: configs/experiment/default.yaml)
+    ssm-train validate [-c FILE ...] [--ckpt PATH] [...]   evaluate a checkpoint on the validation data
+    ssm-train test     [-c FILE ...] [--ckpt PATH] [...]   evaluate a checkpoint on the test data
+    ssm-train config   [-c FILE ...] [key.sub=value ...]   print the resolved config, run nothing
+    ssm-train generate --ckpt PATH --prompt TEXT           sample from a language model
+
+Exit status: 0 done, 1 training failed (e.g. a non-finite loss), 2 bad config or arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from ssm_train.config import Config, ConfigError, load_config, to_yaml
+
+DEFAULT_EXPERIMENT = Path("configs/experiment/default.yaml")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_experiment() -> list[Path]:
+    """``configs/experiment/default.yaml`` of the working directory, else of the source checkout."""
+    for root in (Path.cwd(), REPO_ROOT):
+        if (root / DEFAULT_EXPERIMENT).is_file():
+            return [root / DEFAULT_EXPERIMENT]
+    return []
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ssm-train", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in [("fit", "train a model"), ("validate", "evaluate on validation data"),
+                        ("test", "evaluate on test data"), ("config", "print the resolved config")]:
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("-c", "--config", action="append", default=[], metavar="FILE",
+                       help="YAML file merged onto the schema (repeatable; later files win)")
+        s.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted overrides")
+        if name in ("validate", "test"):
+            s.add_argument("--ckpt", help="checkpoint (default: the run's last.ckpt)")
+    g = sub.add_parser("generate", help="sample from a trained language model")
+    g.add_argument("--ckpt", required=True)
+    g.add_argument("--prompt", required=True, help="text (or space-separated ids without tokenizer)")
+    g.add_argument("--max-new-tokens", type=int, default=200)
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _config(args: argparse.Namespace) -> Config:
+    files = args.config or default_experiment()
+    return load_config(files, args.overrides)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(to_yaml(_config(args)), end="")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from ssm_train.run import fit
+
+    result = fit(_config(args))
+    if _is_rank_zero():
+        print(f"final {result.metric}={result.value:.6g} at step {result.step} (run dir {result.run_dir})",
+              flush=True)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ssm_train.run import evaluate
+
+    metrics = evaluate(_config(args), args.command, args.ckpt)
+    if _is_rank_zero():
+        for k, v in sorted(metrics.items()):
+            print(f"{k}={v:.6g}")
+    return 0
+
+
+def _is_rank_zero() -> bool:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return rank_zero_only.rank == 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from ssm_train.generate import load_backbone, sample
+
+    if not Path(args.ckpt).is_file():
+        raise ConfigError(f"--ckpt: '{args.ckpt}' is not a file")
+    model, _, spec = load_backbone(args.ckpt)
+    if spec["task"] != "lm":
+        raise ConfigError(f"--ckpt: '{args.ckpt}' is a '{spec['task']}' model; generate needs a language model")
+    tokenizer = None
+    if spec.get("tokenizer"):
+        from ssm_train.data.tokenizers import tokenizer_from_state
+
+        tokenizer = tokenizer_from_state(spec["tokenizer"])
+        prompt = torch.as_tensor(tokenizer.encode(args.prompt), dtype=torch.long)
+    else:
+        try:
+            prompt = torch.tensor([int(t) for t in args.prompt.split()], dtype=torch.long)
+        except ValueError:
+            raise ConfigError("--prompt: this model has no tokenizer; give space-separated token ids") from None
+    generator = torch.Generator().manual_seed(args.seed)
+    out = sample(model, prompt, args.max_new_tokens, args.temperature, args.top_k, generator)
+    print(args.prompt + tokenizer.decode(out.numpy()) if tokenizer else " ".join(map(str, out.tolist())))
+    return 0
+
+
+COMMANDS = {"fit": cmd_fit, "validate": cmd_evaluate, "test": cmd_evaluate, "config": cmd_config,
+            "generate": cmd_generate}
+
+
+# Third-party notices that say nothing to a user of this tool (kept out of the console).
+QUIET = [
+    ".*'set_vital' is deprecated.*",  # torchdata's StatefulDataLoader on torch >= 2.9
+    ".*isinstance\\(treespec, LeafSpec\\).*",  # Lightning's pytree shim on torch >= 2.10
+    ".*you need to define a `flops_per_batch`.*",  # ThroughputMonitor: we log tokens/s, not MFU
+    ".*The `srun` command is available on your system but is not used.*",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    for pattern in QUIET:
+        warnings.filterwarnings("ignore", message=pattern)
+    from ssm_train.tasks.base import NonFiniteLossError
+
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as e:
+        print(f"ssm-train {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"ssm-train {args.command}: training stopped: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Data: tokenizers, streaming corpora, genomics, synthetic tasks (training layer)."""

@@ -1,0 +1,46 @@
+"""The ``data`` section of the run config (one flat dataclass; ``kind`` picks the data module)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DataConfig:
+    # synthetic tasks: copy | nonlinear | ode | recall; corpora: text | fasta | labelled
+    kind: str = "copy"
+    path: list[str] = field(default_factory=list)  # files or globs (corpora only)
+    seq_len: int = 128
+    batch_size: int = 32
+    num_workers: int = 0
+    seed_offset: int = 0  # added to the run seed for data order (shuffle buffer, synthetic draws)
+
+    # --- synthetic tasks (generated on the fly, deterministic by seed) ---
+    d_input: int = 1  # channels of the input signal (copy, nonlinear, ode)
+    lag: int = 16  # copy: recover u_{t-lag}; nonlinear: the lags used
+    window: int = 1  # copy: recover the whole window u_{t-lag-window+1..t-lag}
+    vocab_size: int = 16  # recall: key/value alphabet
+    n_pairs: int = 8  # recall: key-value pairs per sequence
+    n_queries: int = 8  # recall: queries per sequence
+    val_batches: int = 8  # synthetic: fixed validation batches
+
+    # --- corpora (encoded once into a cache, then streamed from memmaps; docs/data.md) ---
+    tokenizer: str = "byte"  # byte | char | char:<saved .json> | nucleotide | hf:<path to tokenizer.json>
+    kmer: int = 1  # nucleotide tokenizer: k-mer size
+    text_field: str = "text"  # JSONL / CSV / parquet field holding the text
+    label_field: str = "label"  # labelled data: field holding the label
+    seq_field: str = "seq"  # labelled DNA (tokenizer=nucleotide): field holding the sequence
+    val_fraction: float = 0.05  # held-out fraction of documents / rows / each FASTA record's tail
+    val_path: list[str] = field(default_factory=list)  # explicit validation files instead
+    # training order: 0 = in file order; any other value = a full pseudo-random permutation of each
+    # epoch keyed by (seed, epoch) (windows are index-addressed, so no finite buffer is needed)
+    shuffle_buffer: int = 1024
+    n_policy: str = "keep"  # FASTA: keep (IUPAC codes read as N) | skip (windows above max_n_fraction)
+    max_n_fraction: float = 0.1
+    reverse_complement: bool = False  # FASTA: augment training windows (each with probability 1/2)
+    cache_dir: str = ""  # encoded corpora; "" = $SSM_TRAIN_CACHE or ~/.cache/ssm_train/data
+    text_document: str = "paragraph"  # what one document of a .txt file is: paragraph | line | file
+    window_sampling: str = "random"  # FASTA training windows: random (uniform starts) | tiled
+    val_records: list[str] = field(default_factory=list)  # FASTA: hold these records out whole
+    header_label: str = ""  # labelled FASTA: regex whose group 1 is the label ("" = last header word)
+    class_names: list[str] = field(default_factory=list)  # labelled: fixed label map ("" = sorted train labels)

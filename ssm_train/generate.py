@@ -1,0 +1,54 @@
+"""Sample from a trained language model with the recurrent ``step`` path: constant memory per token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ssm_train.config import from_dict
+from ssm_train.nn import Backbone
+from ssm_train.tasks.base import build_backbone
+
+
+def load_backbone(ckpt_path: str | Path, map_location: str = "cpu") -> tuple[Backbone, dict, dict]:
+    """(model in eval mode, config dict, data spec dict) from a Lightning checkpoint, safely loaded."""
+    ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+    hp = ckpt.get("hyper_parameters")
+    if not hp or "config" not in hp or "spec" not in hp:
+        raise ValueError(f"{ckpt_path}: not an ssm-train checkpoint (no hyper_parameters.config/spec)")
+    model = build_backbone(from_dict(hp["config"]), hp["spec"])
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    return model.eval(), hp["config"], hp["spec"]
+
+
+@torch.no_grad()
+def sample(model: Backbone, prompt: Tensor, max_new_tokens: int, temperature: float = 1.0,
+           top_k: int = 0, generator: torch.Generator | None = None) -> Tensor:
+    """Feed ``prompt`` ([T] ids, T >= 1) through ``step``, then draw ``max_new_tokens`` tokens.
+
+    ``temperature=0`` is greedy decoding; ``top_k > 0`` keeps only the k most likely tokens.
+    """
+    if prompt.dim() != 1 or prompt.numel() == 0:
+        raise ValueError("prompt must be a non-empty 1-D tensor of token ids")
+    state = None
+    for token in prompt.tolist():
+        logits, state = model.step(torch.tensor([token]), state)
+    out = []
+    for _ in range(max_new_tokens):
+        next_id = _draw(logits[0].float(), temperature, top_k, generator)
+        out.append(next_id)
+        logits, state = model.step(torch.tensor([next_id]), state)
+    return torch.tensor(out, dtype=torch.long)
+
+
+def _draw(logits: Tensor, temperature: float, top_k: int, generator: torch.Generator | None) -> int:
+    if temperature <= 0:
+        return int(logits.argmax())
+    logits = logits / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))

@@ -1,0 +1,154 @@
+"""Pre-norm residual block: a sequence mixer (the recurrence), then a channel MLP.
+
+    x = x + dropout(mixer(norm1(x)))
+    x = x + dropout(mlp(norm2(x)))
+
+Mixers come from the `MIXERS` registry (name -> class called as cls(d_model=H, d_state=N,
+reverse=..., **layer_kwargs)). A bidirectional block runs a forward and a reversed mixer on the
+same normalised input and sums their outputs (merge="sum") or concatenates and projects them
+(merge="concat"); it has no step(), since the backward recurrence needs the future.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssm_train.nn.lru import LRU
+from ssm_train.nn.s4d import S4D
+from ssm_train.nn.selective import SelectiveSSM
+
+MIXERS: dict[str, Callable[..., nn.Module]] = {
+    "lru": LRU,
+    "real": partial(LRU, complex=False),
+    "s4d": S4D,
+    "selective": SelectiveSSM,
+}
+
+
+def _lookup(registry: dict, name: str, what: str):
+    try:
+        return registry[name]
+    except KeyError:
+        raise ValueError(f"unknown {what} {name!r}; valid: {', '.join(registry)}") from None
+
+
+# -- norms over the channel axis of [B, L, H] (and of [B, H] in step) --------------------------------
+
+
+class ChannelBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over channels for [B, L, H] (statistics over batch and time) or [B, H] inputs.
+
+    In eval mode both use the running statistics, so step() equals forward(); in training mode a
+    step normalises with the statistics of one time step and does not match.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 3:
+            return super().forward(x.transpose(1, 2)).transpose(1, 2)
+        return super().forward(x)
+
+
+NORMS: dict[str, Callable[[int], nn.Module]] = {
+    "layer": nn.LayerNorm,
+    "rms": nn.RMSNorm,
+    "batch": ChannelBatchNorm,
+}
+
+
+# -- channel MLPs ---------------------------------------------------------------------------------
+
+
+class MLP(nn.Module):
+    """W2 GELU(W1 x), hidden width mlp_ratio·H."""
+
+    def __init__(self, d_model: int, mlp_ratio: float = 2.0, dropout: float = 0.0):
+        super().__init__()
+        hidden = max(1, round(mlp_ratio * d_model))
+        self.fc = nn.Linear(d_model, hidden)
+        self.proj = nn.Linear(hidden, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.dropout(F.gelu(self.fc(x))))
+
+
+class GLU(nn.Module):
+    """W_o (W_a x ⊙ σ(W_g x)) (Dauphin et al. 2017), hidden width mlp_ratio·H."""
+
+    def __init__(self, d_model: int, mlp_ratio: float = 2.0, dropout: float = 0.0):
+        super().__init__()
+        hidden = max(1, round(mlp_ratio * d_model))
+        self.fc = nn.Linear(d_model, 2 * hidden)
+        self.proj = nn.Linear(hidden, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, g = self.fc(x).chunk(2, dim=-1)
+        return self.proj(self.dropout(a * torch.sigmoid(g)))
+
+
+MLPS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "glu": GLU}
+
+
+# -- the block ------------------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        kind: str = "lru",
+        layer_kwargs: dict[str, Any] | None = None,
+        norm: str = "layer",
+        mlp: str = "glu",
+        mlp_ratio: float = 2.0,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        merge: str = "sum",
+    ):
+        super().__init__()
+        make_mixer = _lookup(MIXERS, kind, "mixer kind")
+        make_norm = _lookup(NORMS, norm, "norm")
+        make_mlp = _lookup(MLPS, mlp, "mlp")
+        if merge not in ("sum", "concat"):
+            raise ValueError(f"merge must be 'sum' or 'concat', got merge={merge!r}")
+        layer_kwargs = dict(layer_kwargs or {})
+        if "reverse" in layer_kwargs:
+            raise ValueError("layer_kwargs may not set 'reverse'; use bidirectional=True")
+        self.bidirectional, self.merge = bidirectional, merge
+
+        self.norm1 = make_norm(d_model)
+        self.mixer = make_mixer(d_model=d_model, d_state=d_state, **layer_kwargs)
+        if bidirectional:
+            self.mixer_bwd = make_mixer(d_model=d_model, d_state=d_state, reverse=True, **layer_kwargs)
+            if merge == "concat":
+                self.merge_proj = nn.Linear(2 * d_model, d_model)
+        self.norm2 = make_norm(d_model)
+        self.mlp = make_mlp(d_model, mlp_ratio, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def mix(self, x: Tensor) -> Tensor:
+        y = self.mixer(x)
+        if not self.bidirectional:
+            return y
+        y_bwd = self.mixer_bwd(x)
+        return y + y_bwd if self.merge == "sum" else self.merge_proj(torch.cat([y, y_bwd], dim=-1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [B, L, H] -> [B, L, H]."""
+        x = x + self.dropout(self.mix(self.norm1(x)))
+        return x + self.dropout(self.mlp(self.norm2(x)))
+
+    def step(self, x_t: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """One step: x_t [B, H], the mixer's state (None = zeros) -> (y_t [B, H], state)."""
+        if self.bidirectional:
+            raise RuntimeError("a bidirectional Block has no step(): its backward recurrence needs the future")
+        y, state = self.mixer.step(self.norm1(x_t), state)
+        x_t = x_t + self.dropout(y)
+        return x_t + self.dropout(self.mlp(self.norm2(x_t))), state

@@ -1,0 +1,132 @@
+"""Linear Recurrent Unit (Orvieto et al. 2023, "Resurrecting recurrent neural networks").
+
+    x_k = Λ x_{k-1} + γ ⊙ (B u_k)          Λ = diag(exp(-exp(nu_log) + i exp(theta_log)))
+    y_k = Re(C x_k) + D ⊙ u_k               γ = exp(gamma_log), gamma_log = log sqrt(1 - |λ|²) at init
+
+u_k ∈ R^H, x_k ∈ C^N. The exponential parameterisation keeps |λ| < 1 for any nu_log, and γ
+normalises the state so that E|x|² = E|Bu|² at init for white-noise input (Prop. 3). All
+parameters are real tensors; B and C are stored as real and imaginary parts (B_re, B_im, C_re,
+C_im). With `complex=False` the phase is fixed at 0 (no theta_log) and B, C are real (B_re, C_re):
+the paper's real diagonal arm.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ssm_train.nn.init import at_least_float32, init_eigenvalues
+from ssm_train.nn.scan import linear_scan
+
+# Defaults of the init when LRU is built without init_params (merged under the user's params).
+# r in [0.9, 0.999] is the paper's long-range setting; max_phase = 2π (the paper uses π/10 on
+# some LRA tasks, pass init_params={"max_phase": math.pi / 10} for that).
+LRU_INIT_DEFAULTS: dict[str, dict] = {
+    "ring": {"r_min": 0.9, "r_max": 0.999, "max_phase": 2 * math.pi},
+    "real": {"r_min": 0.9, "r_max": 0.999},
+}
+
+_TINY = 1e-8  # floor for |λ| and arg λ so that their logs stay finite at init
+
+
+class LRU(nn.Module):
+    recurrent_params = ("nu_log", "theta_log", "gamma_log", "B_re", "B_im")
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        *,
+        init: str | None = None,
+        init_params: dict | None = None,
+        complex: bool = True,
+        normalize: bool = True,
+        reverse: bool = False,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        H, N = d_model, d_state
+        if H < 1 or N < 1:
+            raise ValueError(f"d_model and d_state must be >= 1, got d_model={H}, d_state={N}")
+        self.d_model, self.d_state = H, N
+        self.complex, self.normalize, self.reverse = complex, normalize, reverse
+        self.init = init if init is not None else ("ring" if complex else "real")
+        params = {**LRU_INIT_DEFAULTS.get(self.init, {}), **(init_params or {})}
+        lam = init_eigenvalues(self.init, (N,), params, generator=generator).to(torch.complex128)
+        if not complex and (lam.imag.abs().max() > 1e-6 or lam.real.min() <= 0):
+            raise ValueError(
+                f"LRU(complex=False) needs positive real eigenvalues, but init={self.init!r} gives "
+                "complex or negative ones; use init='real', 's4d_real' or 'mamba' (ZOH)"
+            )
+        r = lam.abs().clamp(_TINY, 1 - 1e-7)
+        # λ = exp(-exp(nu_log) + i exp(theta_log)): nu_log = log(-log|λ|), theta_log = log(arg λ)
+        self.nu_log = nn.Parameter(torch.log(-torch.log(r)).float())
+        if complex:
+            theta = torch.remainder(lam.angle(), 2 * math.pi).clamp_min(_TINY)
+            self.theta_log = nn.Parameter(torch.log(theta).float())
+        if normalize:
+            self.gamma_log = nn.Parameter(torch.log(torch.sqrt(1 - r**2)).float())
+
+        # Glorot-style, as in the paper: complex B with E|B_ij|² = 1/H, C with E|C_ij|² = 2/N
+        # (real arm: B_ij ~ N(0, 1/H), C_ij ~ N(0, 1/N)).
+        b_scale = math.sqrt(2 * H) if complex else math.sqrt(H)
+        self.B_re = nn.Parameter(torch.randn(N, H, generator=generator) / b_scale)
+        self.C_re = nn.Parameter(torch.randn(H, N, generator=generator) / math.sqrt(N))
+        if complex:
+            self.B_im = nn.Parameter(torch.randn(N, H, generator=generator) / b_scale)
+            self.C_im = nn.Parameter(torch.randn(H, N, generator=generator) / math.sqrt(N))
+        self.D = nn.Parameter(torch.randn(H, generator=generator))
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_state={self.d_state}, init={self.init!r}, complex={self.complex}, "
+            f"normalize={self.normalize}, reverse={self.reverse}"
+        )
+
+    # -- the diagonal Λ and the input/output maps -------------------------------------------------
+
+    def lam(self) -> Tensor:
+        """Λ as a [N] tensor: complex when `complex`, else real; at least float32."""
+        nu = at_least_float32(self.nu_log)
+        if not self.complex:
+            return torch.exp(-torch.exp(nu))
+        return torch.exp(torch.complex(-torch.exp(nu), torch.exp(at_least_float32(self.theta_log))))
+
+    def eigenvalues(self) -> Tensor:
+        """The discrete-time diagonal of Λ as a complex tensor [N]."""
+        lam = self.lam()
+        return lam if lam.is_complex() else torch.complex(lam, torch.zeros_like(lam))
+
+    def _input(self, u: Tensor) -> Tensor:
+        """γ ⊙ (B u), upcast to at least float32 ([..., H] -> [..., N])."""
+        bu = at_least_float32(u @ self.B_re.T)  # the projections may run in low precision
+        if self.complex:
+            bu = torch.complex(bu, at_least_float32(u @ self.B_im.T))
+        if self.normalize:
+            bu = bu * torch.exp(at_least_float32(self.gamma_log))
+        return bu
+
+    def _output(self, x: Tensor, u: Tensor) -> Tensor:
+        """Re(C x) + D ⊙ u, with Re(C x) = C_re x_re - C_im x_im ([..., N] -> [..., H])."""
+        if self.complex:
+            y = x.real @ self.C_re.T.to(x.real.dtype) - x.imag @ self.C_im.T.to(x.real.dtype)
+        else:
+            y = x @ self.C_re.T.to(x.dtype)
+        return y + self.D * u
+
+    # -- sequence and step ---------------------------------------------------------------------------
+
+    def forward(self, u: Tensor) -> Tensor:
+        """u: [B, L, H] -> y: [B, L, H]."""
+        x = linear_scan(self.lam(), self._input(u), reverse=self.reverse)
+        return self._output(x, u)
+
+    def step(self, u_t: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One step: u_t [B, H], state x_{t-1} [B, N] (None = zeros) -> (y_t [B, H], x_t)."""
+        if self.reverse:
+            raise RuntimeError("LRU(reverse=True) runs backwards in time and has no causal step()")
+        b = self._input(u_t)
+        x = b if state is None else self.lam() * state + b
+        return self._output(x, u_t), x

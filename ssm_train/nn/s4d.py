@@ -1,0 +1,132 @@
+"""Diagonal continuous-time SSM, S4D (Gu et al. 2022, "On the parameterization and initialization
+of diagonal state space models"), run as a recurrence.
+
+Per channel h = 1..H, with N complex modes n (each standing for a conjugate pair):
+
+    A_hn = -exp(A_log_re_hn) + i A_im_hn        Δ_h = exp(log_dt_h)
+    ZOH:      λ = exp(ΔA),                 B̄ = (λ - 1)/A · B
+    bilinear: λ = (1 + ΔA/2)/(1 - ΔA/2),   B̄ = Δ/(1 - ΔA/2) · B
+    x_k = λ ⊙ x_{k-1} + B̄ u_k               (x_k ∈ C^{H×N}, u_k ∈ R^H)
+    y_k = 2 Re(Σ_n C_hn x_k,hn) + D_h u_k,h  (the conjugate mode's contribution folds into 2·Re)
+
+So `d_state=N` is the number of complex modes per channel: a real state of size 2N, i.e. the S4D
+paper's N=64 is d_state=32 here. The scan runs over H·N channels with a constant a = λ.
+B defaults to 1 (as in S4D-Lin/Inv) and is learnable; C ~ CN(0, 1) as in the paper's code.
+Any registered init works: the S4D ones give A directly; a discrete one (ring, ...) is mapped back
+to continuous time with `undiscretize` at the drawn Δ, so that eigenvalues() equals its λ at init.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ssm_train.nn.init import (
+    CONTINUOUS_A,
+    at_least_float32,
+    check_discretization,
+    discretize,
+    init_eigenvalues,
+    sample_dt,
+    undiscretize,
+)
+from ssm_train.nn.scan import linear_scan
+
+
+class S4D(nn.Module):
+    recurrent_params = ("log_dt", "A_log_re", "A_im", "B_re", "B_im")
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        *,
+        init: str = "s4d_lin",
+        init_params: dict | None = None,
+        discretization: str = "zoh",
+        reverse: bool = False,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        H, N = d_model, d_state
+        if H < 1 or N < 1:
+            raise ValueError(f"d_model and d_state must be >= 1, got d_model={H}, d_state={N}")
+        check_discretization(discretization)
+        self.d_model, self.d_state = H, N
+        self.init, self.discretization, self.reverse = init, discretization, reverse
+
+        params = dict(init_params or {})
+        if "discretization" in params:
+            raise ValueError("pass discretization to S4D(discretization=...), not in init_params")
+        dt_range = {k: params.pop(k) for k in ("dt_min", "dt_max") if k in params}
+        dt = sample_dt((H,), **dt_range, generator=generator, dtype=torch.float64)
+        if init in CONTINUOUS_A:
+            if params:
+                raise ValueError(f"init {init!r} got unknown parameter(s) {sorted(params)}; valid: dt_min, dt_max")
+            A = CONTINUOUS_A[init](N, torch.float64).expand(H, N)
+        else:  # a discrete-time init: map λ back to continuous time at the drawn Δ
+            lam = init_eigenvalues(init, (H, N), params, generator=generator).to(torch.complex128)
+            r = lam.abs().clamp(1e-8, 1 - 1e-7)
+            A = undiscretize(torch.polar(r, lam.angle()), dt[:, None], discretization)
+
+        self.log_dt = nn.Parameter(torch.log(dt).float())
+        self.A_log_re = nn.Parameter(torch.log(-A.real).float())
+        self.A_im = nn.Parameter(A.imag.float().clone())
+        self.B_re = nn.Parameter(torch.ones(H, N))
+        self.B_im = nn.Parameter(torch.zeros(H, N))
+        self.C_re = nn.Parameter(torch.randn(H, N, generator=generator) * math.sqrt(0.5))
+        self.C_im = nn.Parameter(torch.randn(H, N, generator=generator) * math.sqrt(0.5))
+        self.D = nn.Parameter(torch.randn(H, generator=generator))
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_state={self.d_state}, init={self.init!r}, "
+            f"discretization={self.discretization!r}, reverse={self.reverse}"
+        )
+
+    # -- discretisation ---------------------------------------------------------------------------
+
+    def A(self) -> Tensor:
+        return torch.complex(-torch.exp(at_least_float32(self.A_log_re)), at_least_float32(self.A_im))
+
+    def discrete(self) -> tuple[Tensor, Tensor]:
+        """(λ, B̄), both complex [H, N], at least complex64."""
+        A = self.A()
+        dt = torch.exp(at_least_float32(self.log_dt))[:, None]
+        B = torch.complex(at_least_float32(self.B_re), at_least_float32(self.B_im))
+        lam = discretize(A, dt, self.discretization)
+        if self.discretization == "zoh":
+            B_bar = (lam - 1) / A * B
+        else:
+            B_bar = dt / (1 - dt * A / 2) * B
+        return lam, B_bar
+
+    def eigenvalues(self) -> Tensor:
+        """The discrete-time diagonal λ as a complex tensor [H, N], at the current log_dt."""
+        return self.discrete()[0]
+
+    def _output(self, x: Tensor, u: Tensor) -> Tensor:
+        """2 Re(Σ_n C_hn x_hn) + D ⊙ u; x: [..., H, N], u: [..., H]."""
+        C = torch.complex(at_least_float32(self.C_re), at_least_float32(self.C_im))
+        return 2 * (x * C).real.sum(-1) + self.D * u
+
+    # -- sequence and step ---------------------------------------------------------------------------
+
+    def forward(self, u: Tensor) -> Tensor:
+        """u: [B, L, H] -> y: [B, L, H]."""
+        Bsz, L, H = u.shape
+        lam, B_bar = self.discrete()
+        b = B_bar * at_least_float32(u)[..., None]  # [B, L, H, N]
+        x = linear_scan(lam.reshape(-1), b.reshape(Bsz, L, -1), reverse=self.reverse)
+        return self._output(x.view(Bsz, L, H, -1), u)
+
+    def step(self, u_t: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One step: u_t [B, H], state x_{t-1} [B, H, N] (None = zeros) -> (y_t [B, H], x_t)."""
+        if self.reverse:
+            raise RuntimeError("S4D(reverse=True) runs backwards in time and has no causal step()")
+        lam, B_bar = self.discrete()
+        b = B_bar * at_least_float32(u_t)[..., None]
+        x = b if state is None else lam * state + b
+        return self._output(x, u_t), x

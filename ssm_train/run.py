@@ -1,0 +1,183 @@
+"""From a resolved config to Lightning objects: run directory, data, task, loggers, callbacks, Trainer.
+
+The run directory ``<runs_dir>/<name>/`` holds everything of one run::
+
+    config.yaml        the resolved config (also stored inside every checkpoint, as a plain dict)
+    checkpoints/       last.ckpt (every checkpoint.every_n_steps and at the end), best-*.ckpt
+    hpc_ckpt_*.ckpt    written by Lightning on SLURM's pre-emption signal
+    wandb/ wandb_id    the W&B files; the id makes a resumed run continue the same W&B run
+    csv/metrics.csv    every logged metric, appended across restarts
+    plots/             eigenvalue spectra
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+from ssm_train.callbacks import SpectrumPlot
+from ssm_train.config import Config, ConfigError, to_dict, to_yaml
+from ssm_train.data.registry import build_datamodule
+from ssm_train.distributed import build_plugins, build_strategy
+from ssm_train.tasks import TASKS, SequenceTask
+from ssm_train.tasks.base import spec_to_dict
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    run_dir = cfg.run_dir
+    for sub in ("checkpoints", "plots"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    if _is_rank_zero():
+        _atomic_write(run_dir / "config.yaml", to_yaml(cfg))
+    return run_dir
+
+
+def checkpoint_dir(cfg: Config) -> Path:
+    return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else cfg.run_dir / "checkpoints"
+
+
+def build_data_and_task(cfg: Config) -> tuple[L.LightningDataModule, SequenceTask]:
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same initial weights on every rank
+    try:
+        datamodule = build_datamodule(cfg.data, cfg.seed)
+    except ValueError as e:  # bad data settings or files are config errors: exit 2, before training
+        raise ConfigError(str(e)) from None
+    spec = spec_to_dict(datamodule.spec)
+    kind = spec["task"] if cfg.task.kind == "auto" else cfg.task.kind
+    if kind != spec["task"]:
+        raise ConfigError(f"key 'task.kind': '{kind}' does not fit data.kind='{cfg.data.kind}', "
+                          f"which serves '{spec['task']}' (use task.kind=auto)")
+    return datamodule, TASKS[kind](to_dict(cfg), spec)
+
+
+def resume_path(cfg: Config) -> str | None:
+    """``checkpoint.resume``: none, a path, or auto = the newest of last.ckpt and SLURM's hpc_ckpt_*."""
+    resume = cfg.checkpoint.resume
+    if resume == "none":
+        return None
+    if resume != "auto":
+        return resume
+    candidates = [p for p in [checkpoint_dir(cfg) / "last.ckpt", *cfg.run_dir.glob("hpc_ckpt_*.ckpt")]
+                  if p.is_file()]
+    return str(max(candidates, key=lambda p: p.stat().st_mtime)) if candidates else None
+
+
+def build_loggers(cfg: Config, run_dir: Path) -> list[Logger]:
+    loggers: list[Logger] = []
+    w = cfg.logger.wandb
+    mode = w.mode
+    if mode == "auto":
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    if mode != "disabled":
+        loggers.append(WandbLogger(
+            project=w.project, entity=w.entity, name=cfg.name, id=_wandb_id(run_dir), resume="allow",
+            save_dir=str(run_dir), mode=mode, tags=list(w.tags), group=w.group, config=to_dict(cfg)))
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+    return loggers
+
+
+def _wandb_id(run_dir: Path) -> str | None:
+    """The W&B run id, kept in the run directory so that a resumed run continues the same W&B run.
+
+    Only rank zero talks to W&B (Lightning's ``rank_zero_experiment``); other ranks need no id.
+    """
+    path = run_dir / "wandb_id"
+    if not _is_rank_zero():
+        return None
+    if not path.exists():
+        _atomic_write(path, uuid.uuid4().hex[:12])
+    return path.read_text().strip()
+
+
+def build_callbacks(cfg: Config, run_dir: Path, task: SequenceTask) -> list[L.Callback]:
+    ckpt_dir = checkpoint_dir(cfg)
+    last = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.checkpoint.every_n_steps,
+                           save_top_k=0, save_last=True)
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-step{step:07d}", auto_insert_metric_name=False,
+                           monitor=task.primary_metric, mode=task.primary_mode, save_top_k=cfg.checkpoint.keep)
+    tokens = (lambda b: b["inputs"].shape[0] * b["inputs"].shape[1])
+    return [last, best, LearningRateMonitor(logging_interval="step"), SpectrumPlot(run_dir / "plots"),
+            ThroughputMonitor(batch_size_fn=lambda b: b["inputs"].shape[0], length_fn=tokens,
+                              window_size=10)]
+
+
+def build_trainer(cfg: Config, run_dir: Path, task: SequenceTask,
+                  extra_callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
+    t = cfg.trainer
+    return L.Trainer(
+        default_root_dir=str(run_dir), max_steps=t.max_steps, precision=t.precision,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=build_strategy(cfg), plugins=build_plugins(cfg),
+        gradient_clip_val=t.gradient_clip_val or None, accumulate_grad_batches=t.accumulate_grad_batches,
+        val_check_interval=t.val_check_interval, check_val_every_n_epoch=None,
+        limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.enable_progress_bar, logger=build_loggers(cfg, run_dir),
+        callbacks=[*build_callbacks(cfg, run_dir, task), *extra_callbacks], num_sanity_val_steps=0,
+    )
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0 and \
+        int(os.environ.get("LOCAL_RANK", 0)) == 0
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class FitResult:
+    metric: str  # the task's primary metric, e.g. val/rel_err
+    value: float
+    step: int
+    run_dir: Path
+    metrics: dict[str, float]
+
+
+def fit(cfg: Config, callbacks: Sequence[L.Callback] = ()) -> FitResult:
+    """Train (resuming per ``checkpoint.resume``), save last.ckpt, validate; the final metrics."""
+    datamodule, task = build_data_and_task(cfg)
+    run_dir = prepare_run_dir(cfg)
+    trainer = build_trainer(cfg, run_dir, task, callbacks)
+    ckpt = resume_path(cfg)
+    if trainer.is_global_zero:
+        print(to_yaml(cfg) + (f"resuming from {ckpt}\n" if ckpt else ""), end="", flush=True)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    trainer.save_checkpoint(checkpoint_dir(cfg) / "last.ckpt", weights_only=False)  # full state
+    metrics = trainer.validate(task, datamodule=datamodule, verbose=False)[0]
+    _finish_loggers(trainer)
+    return FitResult(task.primary_metric, float(metrics[task.primary_metric]), trainer.global_step, run_dir,
+                     {k: float(v) for k, v in metrics.items()})
+
+
+def evaluate(cfg: Config, stage: str, ckpt: str | None = None) -> dict[str, float]:
+    """Metrics of a checkpoint (default: the run's last.ckpt) on the validation or test data."""
+    ckpt = ckpt or str(checkpoint_dir(cfg) / "last.ckpt")
+    if not Path(ckpt).is_file():
+        raise ConfigError(f"--ckpt: '{ckpt}' is not a file (train first, or give --ckpt PATH)")
+    datamodule, task = build_data_and_task(cfg)
+    trainer = build_trainer(cfg, prepare_run_dir(cfg), task)
+    run = trainer.validate if stage == "validate" else trainer.test
+    metrics = run(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, verbose=False)[0]
+    _finish_loggers(trainer)
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def _finish_loggers(trainer: L.Trainer) -> None:
+    """Close W&B now, so that its sync hints print before our final line, not after it."""
+    for logger in trainer.loggers:
+        logger.finalize("success")
+    if any(isinstance(lg, WandbLogger) for lg in trainer.loggers) and trainer.is_global_zero:
+        import wandb
+
+        wandb.finish()

@@ -1,0 +1,124 @@
+"""What every task shares: the backbone, the optimizer and schedule, exact-resume seeding, NaN stop.
+
+A task is built from two plain dicts, the resolved run config and the data spec, so that its
+hyper-parameters round-trip through a checkpoint loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from ssm_train.config import Config, from_dict
+from ssm_train.data.base import DataSpec
+from ssm_train.nn import Backbone
+from ssm_train.nn.init import get_init
+from ssm_train.nn.params import param_groups
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+def spec_to_dict(spec: DataSpec) -> dict:
+    """A DataSpec as plain types; the tokenizer travels as its ``state_dict``."""
+    d = {k: getattr(spec, k) for k in ("task", "vocab_size", "d_input", "d_output", "class_names",
+                                       "ignore_index")}
+    d["tokenizer"] = spec.tokenizer.state_dict() if spec.tokenizer is not None else None
+    return d
+
+
+def build_backbone(cfg: Config, spec: dict) -> Backbone:
+    m = cfg.model
+    layer_kwargs: dict[str, Any] = {"init": m.init.name, "init_params": _init_params(cfg)}
+    if m.kind in ("lru", "real"):
+        layer_kwargs["normalize"] = m.normalize
+    if m.kind == "s4d":
+        layer_kwargs["discretization"] = m.discretization
+    return Backbone(
+        vocab_size=spec["vocab_size"], d_input=spec["d_input"], d_model=m.d_model,
+        n_layers=m.n_layers, d_state=m.d_state, kind=m.kind, layer_kwargs=layer_kwargs,
+        norm=m.norm, mlp=m.mlp, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
+        bidirectional=m.bidirectional, head=spec["task"], d_output=spec["d_output"],
+        pooling=m.pooling, tie_weights=m.tie_weights,
+    )
+
+
+def _init_params(cfg: Config) -> dict:
+    """The ``model.init`` fields that the named init takes (radii and phase, or the Δ range)."""
+    init = cfg.model.init
+    accepted = inspect.signature(get_init(init.name)).parameters
+    return {k: v for k, v in vars(init).items() if k != "name" and k in accepted}
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up to 1 over ``warmup`` steps, then cosine to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class SequenceTask(L.LightningModule):
+    """Base LightningModule; subclasses define ``loss_and_outputs`` and their metrics."""
+
+    primary_metric: str = "val/loss"  # what the final line reports and "best" checkpoints track
+    primary_mode: str = "min"
+
+    def __init__(self, config: dict, spec: dict) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg: Config = from_dict(config)
+        self.spec = spec
+        self.model = build_backbone(self.cfg, spec)
+
+    def forward(self, inputs: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.model(inputs, mask=mask) if mask is not None else self.model(inputs)
+
+    # ----- steps
+    def loss_and_outputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def update_metrics(self, stage: str, outputs: Tensor, batch: dict[str, Tensor], loss: Tensor) -> None:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, _ = self.loss_and_outputs(batch)
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.item()}) at step {self.global_step}; the last good "
+                "checkpoint is kept. Try a lower optim.lr, trainer.gradient_clip_val, or 32-true precision.")
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["inputs"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
+        loss, outputs = self.loss_and_outputs(batch)
+        self.update_metrics(stage, outputs, batch, loss)
+
+    # ----- exact resume: dropout & co. depend only on (seed, step, rank), never on history
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        seq = np.random.SeedSequence([self.cfg.seed, self.global_step, self.global_rank])
+        torch.manual_seed(int(seq.generate_state(1, np.uint64)[0]))
+
+    # ----- optimisation
+    def configure_optimizers(self):
+        o, t = self.cfg.optim, self.cfg.trainer
+        groups = param_groups(self.model, lr=o.lr, weight_decay=o.weight_decay,
+                              recurrent_lr_factor=o.recurrent_lr_factor)
+        opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, o.warmup_steps, t.max_steps, o.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
