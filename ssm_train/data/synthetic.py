@@ -201,7 +201,7 @@ def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------- data module
 
 import lightning as L  # noqa: E402  (training layer: the generators above stay Lightning-free)
-from torchdata.stateful_dataloader import StatefulDataLoader  # noqa: E402
+from ssm_train.data.loader import ResumableDataLoader  # noqa: E402
 
 
 class SyntheticDataModule(L.LightningDataModule):
@@ -213,13 +213,13 @@ class SyntheticDataModule(L.LightningDataModule):
         self.cfg, self.seed = cfg, seed + cfg.seed_offset
         self.spec = synthetic_spec(cfg)
 
-    def _loader(self, stream: SyntheticStream) -> StatefulDataLoader:
-        return StatefulDataLoader(stream, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers)
+    def _loader(self, stream: SyntheticStream) -> ResumableDataLoader:
+        return ResumableDataLoader(stream, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers)
 
-    def train_dataloader(self) -> StatefulDataLoader:
+    def train_dataloader(self) -> ResumableDataLoader:
         return self._loader(SyntheticStream(self.cfg, self.seed))
 
-    def val_dataloader(self) -> StatefulDataLoader:
+    def val_dataloader(self) -> ResumableDataLoader:
         n = self.cfg.val_batches * self.cfg.batch_size
         return self._loader(SyntheticStream(self.cfg, self.seed + _VAL_SEED_OFFSET, n=n))
 
