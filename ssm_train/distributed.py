@@ -32,6 +32,18 @@ def build_strategy(cfg: Config) -> Strategy | str:
     raise ConfigError(f"key 'trainer.strategy': '{name}' is not one of {', '.join(STRATEGIES)}")
 
 
+def slurm_topology() -> tuple[int, int] | None:
+    """(nodes, tasks per node) of the SLURM job this process runs in, or None outside SLURM.
+
+    ``slurm/train.sh`` starts one rank per task and never repeats the counts on the command line:
+    they are read here, so Lightning's check that they match the job always passes.
+    """
+    if not SLURMEnvironment.detect():
+        return None
+    per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0]  # "2(x3)" -> 2
+    return int(os.environ.get("SLURM_NNODES", "1")), int(per_node)
+
+
 def build_plugins(cfg: Config) -> list:
     """Under SLURM: Lightning's environment with auto-requeue on SIGUSR1 (``--signal=USR1@90``)."""
     if SLURMEnvironment.detect() and os.environ.get("SSM_TRAIN_NO_REQUEUE") != "1":

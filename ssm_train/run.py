@@ -25,7 +25,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from ssm_train.callbacks import SpectrumPlot
 from ssm_train.config import Config, ConfigError, to_dict, to_yaml
 from ssm_train.data.registry import build_datamodule
-from ssm_train.distributed import build_plugins, build_strategy
+from ssm_train.distributed import build_plugins, build_strategy, slurm_topology
 from ssm_train.tasks import TASKS, SequenceTask
 from ssm_train.tasks.base import spec_to_dict
 
@@ -112,9 +112,10 @@ def build_callbacks(cfg: Config, run_dir: Path, task: SequenceTask) -> list[L.Ca
 def build_trainer(cfg: Config, run_dir: Path, task: SequenceTask,
                   extra_callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
     t = cfg.trainer
+    num_nodes, devices = slurm_topology() or (t.num_nodes, t.devices)
     return L.Trainer(
         default_root_dir=str(run_dir), max_steps=t.max_steps, precision=t.precision,
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        accelerator=t.accelerator, devices=devices, num_nodes=num_nodes,
         strategy=build_strategy(cfg), plugins=build_plugins(cfg),
         gradient_clip_val=t.gradient_clip_val or None, accumulate_grad_batches=t.accumulate_grad_batches,
         val_check_interval=t.val_check_interval, check_val_every_n_epoch=None,
