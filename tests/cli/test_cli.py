@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -128,3 +129,14 @@ def test_generate_rejects_non_lm_checkpoint(tmp_path, capsys):
     assert fit(tmp_path, "name=c") == 0
     assert main(["generate", "--ckpt", str(tmp_path / "c/checkpoints/last.ckpt"), "--prompt", "1"]) == 2
     assert "generate needs a language model" in capsys.readouterr().err
+
+
+def test_language_model_metrics_are_consistent(tmp_path, capsys):
+    config = ROOT / "configs/experiment/recall_selective.yaml"
+    assert fit(tmp_path, "name=lm", "data.seq_len=32", config=config) == 0
+    capsys.readouterr()
+    assert main(["validate", "-c", str(config), f"runs_dir={tmp_path}", "name=lm", *TINY, "data.seq_len=32"]) == 0
+    m = dict(line.split("=") for line in capsys.readouterr().out.split())
+    loss, bpt, ppl, acc = (float(m[f"val/{k}"]) for k in ("loss", "bpt", "ppl", "acc"))
+    assert bpt == pytest.approx(loss / math.log(2), rel=1e-4) and ppl == pytest.approx(math.exp(loss), rel=1e-4)
+    assert 0 <= acc <= 1 and loss > 0
