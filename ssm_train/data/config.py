@@ -43,4 +43,4 @@ class DataConfig:
     window_sampling: str = "random"  # FASTA training windows: random (uniform starts) | tiled
     val_records: list[str] = field(default_factory=list)  # FASTA: hold these records out whole
     header_label: str = ""  # labelled FASTA: regex whose group 1 is the label ("" = last header word)
-    class_names: list[str] = field(default_factory=list)  # labelled: fixed label map ("" = sorted train labels)
+    class_names: list[str] = field(default_factory=list)  # labelled: fixed label map ([] = sorted train labels)

@@ -114,7 +114,7 @@ def test_resumed_loader_continues_with_the_next_sample(workers):
 
 
 def test_datamodule_spec_and_batches():
-    dm = SyntheticDataModule(DataConfig(kind="copy", seq_len=16, batch_size=4, window=2, d_input=3), seed=1)
+    dm = SyntheticDataModule(DataConfig(kind="copy", seq_len=16, lag=4, batch_size=4, window=2, d_input=3), seed=1)
     assert (dm.spec.task, dm.spec.d_input, dm.spec.d_output) == ("regress", 3, 6)
     batch = next(iter(dm.train_dataloader()))
     assert batch["inputs"].shape == (4, 16, 3) and batch["targets"].shape == (4, 16, 6)
