@@ -88,6 +88,8 @@ class CorpusDataModule(L.LightningDataModule):
     def val_dataloader(self) -> StatefulDataLoader | list:
         return [] if self.val_stream is None else self.loader(self.val_stream)
 
+    test_dataloader = val_dataloader  # the held-out split (data.val_path / val_fraction) is the test set
+
     # what a checkpoint must agree on: the model's vocabulary and classes
     def state_dict(self) -> dict[str, Any]:
         return {"tokenizer": self.spec.tokenizer.state_dict(), "class_names": self.spec.class_names}
