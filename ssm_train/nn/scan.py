@@ -40,7 +40,7 @@ from typing import Callable, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["linear_scan", "reference_scan", "select_backend", "BACKENDS", "ENV_BACKEND"]
+__all__ = ["linear_scan", "reference_scan", "select_backend", "cpp_available", "empty_cache", "BACKENDS", "ENV_BACKEND"]
 
 Backend = Literal["auto", "cpp", "torch", "reference"]
 BACKENDS: tuple[str, ...] = ("auto", "cpp", "torch", "reference")
@@ -288,6 +288,12 @@ def _load_cpp() -> str | None:
 def cpp_available() -> bool:
     """Whether the C++ CPU kernels build and load here (builds them on first call)."""
     return _load_cpp() is None
+
+
+def empty_cache() -> None:
+    """Free the idle output buffers the C++ kernels keep for reuse (see csrc/scan_cpu.cpp)."""
+    if _cpp_state.get("ok"):
+        torch.ops.ssm_train_scan.empty_cache()
 
 
 _warned_fallback = False

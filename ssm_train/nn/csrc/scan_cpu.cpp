@@ -72,7 +72,7 @@ inline c10::complex<T> conj_(c10::complex<T> x) {
   return c10::complex<T>(x.real(), -x.imag());
 }
 
-template <typename E, bool kVaryA>
+template <typename E>
 inline void fwd_scalar(const E* a, const E* x, E* h, E* s, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const E r = a[i] * s[i] + x[i];
@@ -251,8 +251,8 @@ void forward_item(const T* a, const T* x, const T* h0, T* h, const Geometry& geo
 #endif
     if (wv < w) {
       const int64_t k = kCx ? 2 : 1;
-      fwd_scalar<E, kVaryA>(reinterpret_cast<const E*>(ar + wv), reinterpret_cast<const E*>(xr + wv),
-                            reinterpret_cast<E*>(hr + wv), reinterpret_cast<E*>(s + wv), (w - wv) / k);
+      fwd_scalar<E>(reinterpret_cast<const E*>(ar + wv), reinterpret_cast<const E*>(xr + wv),
+                    reinterpret_cast<E*>(hr + wv), reinterpret_cast<E*>(s + wv), (w - wv) / k);
     }
   }
 #if SSM_SCAN_SIMD
