@@ -121,12 +121,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise ConfigError("--prompt: this model has no tokenizer; give space-separated token ids") from None
     generator = torch.Generator().manual_seed(args.seed)
     out = sample(model, prompt, args.max_new_tokens, args.temperature, args.top_k, generator)
-    print(args.prompt + tokenizer.decode(out.numpy()) if tokenizer else " ".join(map(str, out.tolist())))
+    print(args.prompt + tokenizer.decode(out.numpy(), skip_special=True) if tokenizer else " ".join(map(str, out.tolist())))
     return 0
 
 
 COMMANDS = {"fit": cmd_fit, "validate": cmd_evaluate, "test": cmd_evaluate, "config": cmd_config,
-            "generate": cmd_generate}
+            "generate": cmd_generate, "sweep": sweep.cmd_sweep, "reproduce": reproduce.cmd_reproduce,
+            "export": export.cmd_export}
 
 
 # Third-party notices that say nothing to a user of this tool (kept out of the console).

@@ -140,3 +140,24 @@ def test_language_model_metrics_are_consistent(tmp_path, capsys):
     loss, bpt, ppl, acc = (float(m[f"val/{k}"]) for k in ("loss", "bpt", "ppl", "acc"))
     assert bpt == pytest.approx(loss / math.log(2), rel=1e-4) and ppl == pytest.approx(math.exp(loss), rel=1e-4)
     assert 0 <= acc <= 1 and loss > 0
+
+
+def test_resumed_run_continues_the_same_wandb_run(tmp_path, capsys):
+    assert fit(tmp_path, "name=w", "logger.mode=offline") == 0
+    assert fit(tmp_path, "name=w", "logger.mode=offline", "trainer.max_steps=9") == 0
+    run_id = (tmp_path / "w" / "wandb_id").read_text().strip()
+    runs = sorted((tmp_path / "w" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(p.name.endswith(f"-{run_id}") for p in runs)
+
+
+@pytest.mark.slow
+def test_generate_decodes_text_with_the_training_tokenizer(tmp_path, capsys):
+    config = ROOT / "configs/experiment/text_austen.yaml"
+    assert fit(tmp_path, "name=t", "data.seq_len=32", "trainer.max_steps=4", config=config) == 0
+    capsys.readouterr()
+    ckpt = tmp_path / "t/checkpoints/last.ckpt"
+    assert main(["generate", "--ckpt", str(ckpt), "--prompt", "It is a truth", "--max-new-tokens", "20"]) == 0
+    out = capsys.readouterr().out.rstrip("\n")
+    assert out.startswith("It is a truth") and len(out) >= len("It is a truth") + 1
+    alphabet = set(torch.load(ckpt, weights_only=True)["hyper_parameters"]["spec"]["tokenizer"]["chars"])
+    assert set(out[len("It is a truth"):]) <= alphabet | {"\n"}
