@@ -126,8 +126,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"fit": cmd_fit, "validate": cmd_evaluate, "test": cmd_evaluate, "config": cmd_config,
-            "generate": cmd_generate, "sweep": sweep.cmd_sweep, "reproduce": reproduce.cmd_reproduce,
-            "export": export.cmd_export}
+            "generate": cmd_generate}
 
 
 # Third-party notices that say nothing to a user of this tool (kept out of the console).
