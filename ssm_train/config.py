@@ -255,8 +255,8 @@ def validate(cfg: Config) -> None:
             _check(_exists(pattern), key, f"'{pattern}' does not exist (no file matches)")
     resume = cfg.checkpoint.resume
     if resume not in ("auto", "none"):
-        _check(Path(resume).is_file(), "checkpoint.resume",
-               f"'{resume}' is not a file; use auto, none or a checkpoint path")
+        _check(Path(resume).exists(), "checkpoint.resume",  # a file, or a DeepSpeed checkpoint folder
+               f"'{resume}' is not a file (nor a DeepSpeed checkpoint folder); use auto, none or a checkpoint path")
 
 
 def _check_model(m: ModelConfig) -> None:

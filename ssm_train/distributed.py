@@ -1,35 +1,222 @@
-"""Strategy and cluster plugins from config: what DDP, FSDP and DeepSpeed need here.
+"""Strategy and cluster plugins from config: what DDP, FSDP2 and DeepSpeed ZeRO need here.
 
-All model parameters are real tensors (complex values are built in ``forward``), which every
-strategy handles; on CPU, DDP runs over gloo.
+``trainer.strategy``:
+
+    auto                      one device (or Lightning's choice)
+    ddp                       replicated model, gradients all-reduced (gloo on CPU, NCCL on GPU)
+    fsdp                      FSDP2 through Lightning's ModelParallelStrategy: one ``fully_shard``
+                              group per residual block, one for the rest (embedding, final norm, head)
+    deepspeed_stage_{1,2,3}   DeepSpeed ZeRO through Lightning's DeepSpeedStrategy, with the JSON
+    deepspeed_stage_{2,3}_offload   config ``configs/deepspeed/<stage>.json`` (GPU only)
+
+Every model parameter is a real float32 tensor (complex values are built inside ``forward``):
+ZeRO flattens parameters into one buffer per dtype and FSDP2 one per ``fully_shard`` group, and
+both fail on, or silently corrupt, complex64 parameters. Nothing here special-cases the recurrence:
+it runs in float32 under any precision because the layers upcast (see ``ssm_train.nn.scan``).
+
+What works where (measured on CPU with gloo, 2 processes; docs/distributed.md):
+
+    ddp                    CPU and GPU
+    fsdp                   CPU and GPU (32-true, bf16-mixed; Lightning refuses 16-mixed)
+    deepspeed_*            GPU only: Lightning's DeepSpeedStrategy refuses the CPU. DeepSpeed itself
+                           (``deepspeed.initialize``) runs ZeRO 1-3 on CPU; tests/distributed uses it.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import os
+import shutil
 import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.environments import SLURMEnvironment
-from lightning.pytorch.strategies import DDPStrategy, Strategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, Strategy
 
 from ssm_train.config import Config, ConfigError
 
-STRATEGIES = ("auto", "ddp")
+if TYPE_CHECKING:
+    import lightning as L
+    from torch import nn
+
+DEEPSPEED = ("deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3",
+             "deepspeed_stage_3_offload")
+STRATEGIES = ("auto", "ddp", "fsdp", *DEEPSPEED)
+PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed")
+DEEPSPEED_CONFIG_DIR = Path("configs") / "deepspeed"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _on_cpu(cfg: Config) -> bool:
+def on_cpu(cfg: Config) -> bool:
     import torch
 
     return cfg.trainer.accelerator == "cpu" or (cfg.trainer.accelerator == "auto" and not torch.cuda.is_available())
 
 
 def build_strategy(cfg: Config) -> Strategy | str:
-    name = cfg.trainer.strategy
+    name, precision = cfg.trainer.strategy, cfg.trainer.precision
+    if name not in STRATEGIES:
+        raise ConfigError(f"key 'trainer.strategy': '{name}' is not one of {', '.join(STRATEGIES)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"key 'trainer.precision': '{precision}' is not one of {', '.join(PRECISIONS)}")
+    backend = "gloo" if on_cpu(cfg) else "nccl"
     if name == "auto":
         return "auto"
     if name == "ddp":
-        return DDPStrategy(process_group_backend="gloo" if _on_cpu(cfg) else "nccl")
-    raise ConfigError(f"key 'trainer.strategy': '{name}' is not one of {', '.join(STRATEGIES)}")
+        return DDPStrategy(process_group_backend=backend)
+    if name == "fsdp":
+        if precision == "16-mixed":  # fp16 needs a sharded gradient scaler, which Lightning does not offer
+            raise ConfigError("key 'trainer.precision': 16-mixed is not supported with trainer.strategy=fsdp; "
+                              "use bf16-mixed or 32-true")
+        return FSDP2Strategy(process_group_backend=backend)
+    if on_cpu(cfg):
+        raise ConfigError(f"key 'trainer.strategy': '{name}' needs GPUs (Lightning's DeepSpeedStrategy refuses "
+                          "the CPU); on CPU use ddp or fsdp")
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    return DeepSpeedStrategy(config=deepspeed_config(name), process_group_backend=backend)
+
+
+# ------------------------------------------------------------------------------------------ FSDP2
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Lightning's ModelParallelStrategy as pure FSDP2: every rank data-parallel, no tensor parallelism.
+
+    Lightning's default mesh is (nodes) x (devices per node) for FSDP across nodes and tensor
+    parallelism within; the data here are split by global rank, so the mesh is (world, 1). The
+    sharding itself is :func:`shard_model`, called from the task's ``configure_model`` hook.
+    Checkpoints are single files (the full state gathered on rank 0), like those of DDP, so that
+    ``last.ckpt``, resume and ``ssm-train export`` work the same under every strategy.
+    """
+
+    def __init__(self, process_group_backend: str | None = None) -> None:
+        super().__init__(save_distributed_checkpoint=False, process_group_backend=process_group_backend)
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        self._tensor_parallel_size = 1
+        super().setup_environment()
+
+
+def shard_model(task: L.LightningModule) -> None:
+    """FSDP2: ``fully_shard`` each residual block, then the backbone (embedding, final norm, head).
+
+    A no-op without a device mesh (every strategy but fsdp) and on a model already sharded
+    (Lightning calls ``configure_model`` again for the validation after fit). One group per block
+    means one all-gather per block in forward and one reduce-scatter per block in backward, each
+    overlapping the neighbouring block's compute; all parameters of a group are float32, which
+    FSDP2 needs (one flat buffer per group).
+    """
+    mesh = task.device_mesh
+    if mesh is None:
+        return
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    model = task.model
+    if isinstance(model, FSDPModule):
+        return
+    dp = mesh["data_parallel"]
+    for block in model.blocks:
+        fully_shard(block, mesh=dp)
+    fully_shard(model, mesh=dp)
+
+
+@contextmanager
+def gathered_parameters(module: nn.Module) -> Iterator[None]:
+    """Inside, ``module``'s parameters are whole, plain tensors on every rank (read-only use).
+
+    Under FSDP2 each rank holds a shard (a DTensor) and under ZeRO-3 an empty placeholder outside
+    forward; reading the eigenvalues for a plot needs the whole tensors. This is a collective:
+    every rank must enter it, even if only rank zero reads. Without sharding it does nothing.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    fsdp = [m for m in module.modules() if isinstance(m, FSDPModule)]
+    zero3 = [p for p in module.parameters() if hasattr(p, "ds_id")]  # DeepSpeed partitioned params
+    if fsdp:
+        for m in fsdp:
+            m.unshard()
+        try:
+            yield
+        finally:
+            for m in fsdp:
+                m.reshard()
+    elif zero3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(zero3, modifier_rank=None):
+            yield
+    else:
+        yield
+
+
+# -------------------------------------------------------------------------------------- DeepSpeed
+
+
+def deepspeed_config_path(name: str) -> Path:
+    """``configs/deepspeed/<stage>.json`` for ``deepspeed_<stage>``, from the working directory or the
+    source checkout (as the CLI finds its default experiment)."""
+    if name not in DEEPSPEED:
+        raise ConfigError(f"key 'trainer.strategy': '{name}' is not a DeepSpeed strategy ({', '.join(DEEPSPEED)})")
+    filename = name.removeprefix("deepspeed_") + ".json"
+    for root in (Path.cwd(), REPO_ROOT):
+        if (root / DEEPSPEED_CONFIG_DIR / filename).is_file():
+            return root / DEEPSPEED_CONFIG_DIR / filename
+    raise ConfigError(f"key 'trainer.strategy': {DEEPSPEED_CONFIG_DIR / filename} not found (in {Path.cwd()} "
+                      f"or {REPO_ROOT})")
+
+
+def deepspeed_config(name: str) -> dict:
+    """The JSON config of a DeepSpeed strategy, checked for keys that the Trainer sets instead.
+
+    Lightning fills in the micro-batch size (from the data loader), gradient clipping
+    (``trainer.gradient_clip_val``), accumulation (``trainer.accumulate_grad_batches``) and the
+    fp16/bf16 sections (``trainer.precision``); a config that set them would contradict the run config.
+    """
+    path = deepspeed_config_path(name)
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON: {e}") from None
+    owned = {"train_batch_size": "data.batch_size", "train_micro_batch_size_per_gpu": "data.batch_size",
+             "gradient_accumulation_steps": "trainer.accumulate_grad_batches",
+             "gradient_clipping": "trainer.gradient_clip_val", "fp16": "trainer.precision",
+             "bf16": "trainer.precision", "optimizer": "optim.* (configure_optimizers)",
+             "scheduler": "optim.* (configure_optimizers)"}
+    for key, instead in owned.items():
+        if key in config:
+            raise ConfigError(f"{path}: key '{key}' is set by the run config ({instead}); remove it from the JSON")
+    stage = int(name.split("_")[2])
+    if config.get("zero_optimization", {}).get("stage") != stage:
+        raise ConfigError(f"{path}: zero_optimization.stage must be {stage} for trainer.strategy={name}")
+    return config
+
+
+def checkpoint_mtime(path: Path) -> float | None:
+    """When the checkpoint at ``path`` was last written; None if there is none.
+
+    A checkpoint is a file (auto, ddp, fsdp) or a DeepSpeed folder, whose ``latest`` file every save
+    rewrites (the folder's own mtime changes only when an entry is added, not when one is rewritten).
+    """
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_mtime
+    if (path / "latest").is_file():
+        return (path / "latest").stat().st_mtime
+    return None
+
+
+# ------------------------------------------------------------------------------------------ SLURM
 
 
 def slurm_topology() -> tuple[int, int] | None:
@@ -45,7 +232,132 @@ def slurm_topology() -> tuple[int, int] | None:
 
 
 def build_plugins(cfg: Config) -> list:
-    """Under SLURM: Lightning's environment with auto-requeue on SIGUSR1 (``--signal=USR1@90``)."""
+    """Under SLURM: Lightning's environment (ranks, world size, master address from SLURM).
+
+    Its own auto-requeue stays off: Lightning's handler checkpoints from inside the signal handler,
+    wherever each rank happens to be, and its barrier can pair with a gradient all-reduce of a rank
+    that is a step behind. :class:`RequeueOnSignal` does the same work at a step boundary.
+    """
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+def slurm_callbacks(cfg: Config) -> list:
+    """Under SLURM (unless SSM_TRAIN_NO_REQUEUE=1): :class:`RequeueOnSignal` on SIGUSR1."""
     if SLURMEnvironment.detect() and os.environ.get("SSM_TRAIN_NO_REQUEUE") != "1":
-        return [SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1)]
+        return [RequeueOnSignal(signal.SIGUSR1)]
     return []
+
+
+class Requeued(SystemExit):
+    """The job has been requeued with a checkpoint; this process ends (status 0) before SLURM ends it."""
+
+
+class RequeueOnSignal(Callback):
+    """SLURM pre-emption: on the signal, every rank checkpoints at the same step; then requeue and exit.
+
+    The signal handler only records that the signal came (``--signal=USR1@90`` or ``scancel
+    --signal=USR1`` reach every rank, at slightly different points of a step). After each training
+    step the ranks agree whether any of them has it (one all-reduce of a flag) and, if so, all save
+    ``<run dir>/hpc_ckpt_<n>.ckpt`` together at that step boundary, where the model, optimizer,
+    schedule, data position and step counter agree (the point where ModelCheckpoint saves). The
+    step's metrics are logged by Lightning after this hook, so the requeue and the exit wait for the
+    next hook (the next step's start, or validation), after the loggers are flushed. Rank zero
+    runs ``scontrol requeue``; the job comes back with the same id and run directory and resumes
+    from the newest checkpoint (``checkpoint.resume=auto``). A signal at the last step is ignored:
+    the run is finishing anyway. Older hpc checkpoints are removed once the new one is written.
+    """
+
+    def __init__(self, signum: int = signal.SIGUSR1) -> None:
+        self.signum = signum
+        self.received = False
+        self.saved: Path | None = None
+        signal.signal(signum, self._on_signal)  # now, in the main thread: a signal before fit must not kill us
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.received = True  # nothing more here: a collective in a signal handler can pair with a step's
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if self.saved is not None or not trainer.strategy.reduce_boolean_decision(self.received, all=False):
+            return
+        if trainer.global_step >= trainer.max_steps > 0:
+            return  # the last step: the run completes normally
+        run_dir = Path(trainer.default_root_dir)
+        n = 1 + max((int(p.stem.removeprefix("hpc_ckpt_")) for p in run_dir.glob("hpc_ckpt_*.ckpt")
+                     if p.stem.removeprefix("hpc_ckpt_").isdigit()), default=0)
+        path = trainer.strategy.broadcast(run_dir / f"hpc_ckpt_{n}.ckpt")
+        trainer.save_checkpoint(path)  # collective: every rank is here, at the same step
+        self.saved = path
+        print(f"rank {trainer.global_rank}: pre-emption signal: saved {path.name} at step {trainer.global_step}",
+              flush=True)
+        if trainer.is_global_zero:
+            for old in run_dir.glob("hpc_ckpt_*.ckpt"):
+                if old != path:
+                    shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        self._requeue(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, *args: object) -> None:
+        self._requeue(trainer)
+
+    def _requeue(self, trainer: L.Trainer) -> None:
+        if self.saved is None:
+            return
+        for logger in trainer.loggers:  # rows up to the checkpoint's step; later ones are dropped on resume
+            logger.save()
+        ok = True
+        if trainer.is_global_zero:
+            job = os.environ.get("SLURM_JOB_ID", "")
+            if "SLURM_ARRAY_JOB_ID" in os.environ:  # an array task is requeued by its own id
+                job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+            proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+            ok = proc.returncode == 0
+            print(f"scontrol requeue {job}: " + ("done" if ok else f"failed ({proc.returncode}): "
+                                                  f"{proc.stderr.strip()}; training goes on"), flush=True)
+        if trainer.strategy.broadcast(ok):
+            raise Requeued(0)
+        self.saved, self.received = None, False
+
+
+# --------------------------------------------------------------------- restarts: the metrics log
+
+
+class RestartableCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, but ``metrics.csv`` survives a restart in the same folder.
+
+    Lightning's deletes the file when its folder exists. Here a resumed run appends, after dropping
+    the rows at or past the first step it logs: those came from steps after the checkpoint it
+    resumed from, which it trains again. The file then holds each step once, as trained.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _AppendingWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class _AppendingWriter(ExperimentWriter):
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        self._trimmed = False
+
+    def _check_log_dir_exists(self) -> None:
+        pass  # Lightning's deletes metrics.csv here
+
+    def save(self) -> None:
+        if self.metrics and not self._trimmed and self._fs.isfile(self.metrics_file_path):
+            first = min(int(m["step"]) for m in self.metrics)
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                reader = csv.DictReader(f)
+                header, rows = list(reader.fieldnames or []), list(reader)
+            kept = [r for r in rows if r.get("step") not in (None, "") and int(float(r["step"])) < first]
+            with self._fs.open(self.metrics_file_path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=header)
+                writer.writeheader()
+                writer.writerows(kept)
+            self.metrics_keys = sorted(header)  # new keys extend this header (Lightning rewrites the file)
+        self._trimmed = self._trimmed or bool(self.metrics)
+        super().save()

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers import Logger, WandbLogger
 
 from ssm_train.callbacks import SpectrumPlot
 from ssm_train.config import Config, ConfigError, to_dict, to_yaml
 from ssm_train.data.registry import build_datamodule
-from ssm_train.distributed import build_plugins, build_strategy, slurm_topology
+from ssm_train.distributed import (RestartableCSVLogger, build_plugins, build_strategy, checkpoint_mtime,
+                                   slurm_callbacks, slurm_topology)
 from ssm_train.tasks import TASKS, SequenceTask
 from ssm_train.tasks.base import spec_to_dict
 
@@ -64,9 +65,9 @@ def resume_path(cfg: Config) -> str | None:
         return None
     if resume != "auto":
         return resume
-    candidates = [p for p in [checkpoint_dir(cfg) / "last.ckpt", *cfg.run_dir.glob("hpc_ckpt_*.ckpt")]
-                  if p.is_file()]
-    return str(max(candidates, key=lambda p: p.stat().st_mtime)) if candidates else None
+    paths = [checkpoint_dir(cfg) / "last.ckpt", *cfg.run_dir.glob("hpc_ckpt_*.ckpt")]
+    candidates = {p: t for p in paths if (t := checkpoint_mtime(p)) is not None}  # files, or DeepSpeed folders
+    return str(max(candidates, key=candidates.get)) if candidates else None
 
 
 def build_loggers(cfg: Config, run_dir: Path) -> list[Logger]:
@@ -80,7 +81,7 @@ def build_loggers(cfg: Config, run_dir: Path) -> list[Logger]:
             project=w.project, entity=w.entity, name=cfg.name, id=_wandb_id(run_dir), resume="allow",
             save_dir=str(run_dir), mode=mode, tags=list(w.tags), group=w.group, config=to_dict(cfg)))
     if cfg.logger.csv:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+        loggers.append(RestartableCSVLogger(save_dir=str(run_dir), name="csv", version=""))
     return loggers
 
 
@@ -121,7 +122,8 @@ def build_trainer(cfg: Config, run_dir: Path, task: SequenceTask,
         val_check_interval=t.val_check_interval, check_val_every_n_epoch=None,
         limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar, logger=build_loggers(cfg, run_dir),
-        callbacks=[*build_callbacks(cfg, run_dir, task), *extra_callbacks], num_sanity_val_steps=0,
+        callbacks=[*build_callbacks(cfg, run_dir, task), *slurm_callbacks(cfg), *extra_callbacks],
+        num_sanity_val_steps=0,
     )
 
 
@@ -164,8 +166,8 @@ def fit(cfg: Config, callbacks: Sequence[L.Callback] = ()) -> FitResult:
 def evaluate(cfg: Config, stage: str, ckpt: str | None = None) -> dict[str, float]:
     """Metrics of a checkpoint (default: the run's last.ckpt) on the validation or test data."""
     ckpt = ckpt or str(checkpoint_dir(cfg) / "last.ckpt")
-    if not Path(ckpt).is_file():
-        raise ConfigError(f"--ckpt: '{ckpt}' is not a file (train first, or give --ckpt PATH)")
+    if checkpoint_mtime(Path(ckpt)) is None:
+        raise ConfigError(f"--ckpt: '{ckpt}' is not a checkpoint (train first, or give --ckpt PATH)")
     datamodule, task = build_data_and_task(cfg)
     trainer = build_trainer(cfg, prepare_run_dir(cfg), task)
     run = trainer.validate if stage == "validate" else trainer.test

@@ -46,10 +46,13 @@ class SpectrumPlot(L.Callback):
         self.plot_dir = Path(plot_dir)
 
     def _plot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.sanity_checking:
+        if trainer.sanity_checking:
             return
-        spectra = pl_module.model.eigenvalues()
-        if not spectra:
+        from ssm_train.distributed import gathered_parameters
+
+        with gathered_parameters(pl_module.model):  # a collective under fsdp / ZeRO-3: every rank enters
+            spectra = pl_module.model.eigenvalues() if trainer.is_global_zero else {}
+        if not trainer.is_global_zero or not spectra:
             return
         step = trainer.global_step
         path = plot_spectra(spectra, self.plot_dir / f"spectrum_step{step:07d}.png", f"eigenvalues at step {step}")

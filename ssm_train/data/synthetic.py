@@ -156,11 +156,14 @@ def check_synthetic(cfg: DataConfig) -> None:
 
 
 class SyntheticStream(IterableDataset):
-    """Samples ``start, start+1, ...`` (or ``n`` of them), split across ranks and dataloader workers.
+    """Samples ``0, 1, ...`` (or the first ``n``), split across ranks and dataloader workers.
 
     Rank ``r`` of ``world`` takes samples ``k`` with ``k % world == r``; within a rank, its workers
-    deal those out round-robin. ``state_dict`` records how many samples this rank has consumed, which
-    is all a resumed run needs (``StatefulDataLoader`` keeps one state per worker).
+    deal those out round-robin. ``state_dict`` records how many samples this rank has consumed and
+    the world size, which is all a resumed run needs (``StatefulDataLoader`` keeps one state per
+    worker). Resumed on another world size, the count is rescaled so the run continues at the same
+    global sample (exact when the old world's count divides evenly; else it repeats < world samples,
+    never skips). A finite stream (validation) starts again from its first sample on every pass.
     """
 
     def __init__(self, cfg: DataConfig, seed: int, n: int | None = None,
@@ -169,9 +172,13 @@ class SyntheticStream(IterableDataset):
         self._rank_world = (rank, world_size)  # resolved at iteration: DDP starts after construction
         self.sample = TASKS[cfg.kind]
         self.consumed = 0  # samples of this rank (this worker's share, inside a worker) handed out
+        self.world_size: int | None = None  # of the run that consumed them
 
     def __iter__(self) -> Iterator[Sample]:
         rank, world = _rank_world(*self._rank_world)
+        if self.world_size not in (None, world):  # resumed from a run with another number of ranks
+            self.consumed = self.consumed * self.world_size // world
+        self.world_size = world
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
         per_rank = None if self.n is None else self.n // world  # ranks stay in step
@@ -180,12 +187,14 @@ class SyntheticStream(IterableDataset):
             self.consumed += 1  # before the yield: the loader snapshots state between samples
             yield self.sample(self.cfg, self.seed, j * world + rank)
             j += n_workers
+        self.consumed = 0  # a finite stream was read to its end: the next pass starts afresh
 
     def state_dict(self) -> dict:
-        return {"consumed": self.consumed}
+        return {"consumed": self.consumed, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
         self.consumed = int(state["consumed"])
+        self.world_size = state.get("world_size")
 
 
 def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -113,6 +113,12 @@ class SequenceTask(L.LightningModule):
         seq = np.random.SeedSequence([self.cfg.seed, self.global_step, self.global_rank])
         torch.manual_seed(int(seq.generate_state(1, np.uint64)[0]))
 
+    # ----- sharding: trainer.strategy=fsdp applies FSDP2 here, once the device mesh exists
+    def configure_model(self) -> None:
+        from ssm_train.distributed import shard_model
+
+        shard_model(self)
+
     # ----- optimisation
     def configure_optimizers(self):
         o, t = self.cfg.optim, self.cfg.trainer

@@ -59,7 +59,8 @@ class Job:
     def tasks(self) -> list[dict[str, str]]:
         """`scontrol show job` records: one, or one per array task (ordered by task id)."""
         recs = self.cluster.show_job(self.id)
-        return sorted(recs, key=lambda r: int(r.get("ArrayTaskId", "0") or 0))
+        # a still-pending rest of an array is one record with a range ("0-2", "1-2"): sort by its first id
+        return sorted(recs, key=lambda r: int(re.match(r"\d*", r.get("ArrayTaskId", "")).group() or 0))
 
     def log_paths(self) -> list[Path]:
         return [Path(r["StdOut"]) for r in self.tasks()]
