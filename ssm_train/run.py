@@ -4,7 +4,7 @@ The run directory ``<runs_dir>/<name>/`` holds everything of one run::
 
     config.yaml        the resolved config (also stored inside every checkpoint, as a plain dict)
     checkpoints/       last.ckpt (every checkpoint.every_n_steps and at the end), best-*.ckpt
-    hpc_ckpt_*.ckpt    written by Lightning on SLURM's pre-emption signal
+    hpc_ckpt_*.ckpt    written at a step boundary on SLURM's pre-emption signal (distributed.py)
     wandb/ wandb_id    the W&B files; the id makes a resumed run continue the same W&B run
     csv/metrics.csv    every logged metric, appended across restarts
     plots/             eigenvalue spectra
