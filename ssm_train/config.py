@@ -40,7 +40,7 @@ class InitConfig:
 
 @dataclass
 class ModelConfig:
-    kind: str = "lru"  # lru | real | s4d | selective
+    kind: str = "lru"  # lru | real | s4d | selective | transformer (d_state = head dimension)
     d_model: int = 64
     n_layers: int = 2
     d_state: int = 64
@@ -215,7 +215,7 @@ def _unknown_key_message(e: ConfigKeyError) -> str:
 # ------------------------------------------------------------------------------------ validation
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.kind": ("lru", "real", "s4d", "selective"),
+    "model.kind": ("lru", "real", "s4d", "selective", "transformer"),
     "model.norm": ("layer", "rms", "batch"),
     "model.mlp": ("mlp", "glu"),
     "model.pooling": ("mean", "last"),
@@ -264,6 +264,10 @@ def _check_model(m: ModelConfig) -> None:
         _check(getattr(m, key) > 0, f"model.{key}", f"must be positive, got {getattr(m, key)}")
     _check(0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)")
     _check(m.mlp_ratio > 0, "model.mlp_ratio", "must be positive")
+    if m.kind == "transformer":  # d_state is the attention head dimension
+        _check(m.d_state % 2 == 0 and m.d_model % m.d_state == 0, "model.d_state",
+               f"for kind=transformer it is the head dimension: even and dividing d_model={m.d_model}, "
+               f"got {m.d_state}")
     i = m.init
     _check(0 <= i.r_min, "model.init.r_min", f"must be >= 0, got {i.r_min}")
     _check(i.r_max < 1, "model.init.r_max", f"must be < 1 for a stable recurrence, got {i.r_max}")

@@ -85,3 +85,9 @@ def test_logger_mode_shorthand():
 
 def test_default_max_phase_is_full_circle():
     assert Config().model.init.max_phase == pytest.approx(2 * math.pi)
+
+
+def test_transformer_head_dimension_is_checked():
+    load_config([], ["model.kind=transformer", "model.d_model=64", "model.d_state=16"])
+    with pytest.raises(ConfigError, match="'model.d_state'.*head dimension"):
+        load_config([], ["model.kind=transformer", "model.d_model=64", "model.d_state=24"])

@@ -1,5 +1,6 @@
 """Pure-PyTorch layers: linear recurrences, blocks and backbones. No Lightning in here."""
 
+from ssm_train.nn.attention import CausalSelfAttention
 from ssm_train.nn.backbone import Backbone
 from ssm_train.nn.block import MIXERS, Block
 from ssm_train.nn.init import INITS, get_init, register_init
@@ -18,6 +19,7 @@ __all__ = [
     "LRU",
     "S4D",
     "SelectiveSSM",
+    "CausalSelfAttention",
     "Block",
     "MIXERS",
     "Backbone",

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssm_train.nn.attention import CausalSelfAttention
 from ssm_train.nn.lru import LRU
 from ssm_train.nn.s4d import S4D
 from ssm_train.nn.selective import SelectiveSSM
@@ -27,6 +28,7 @@ MIXERS: dict[str, Callable[..., nn.Module]] = {
     "real": partial(LRU, complex=False),
     "s4d": S4D,
     "selective": SelectiveSSM,
+    "transformer": CausalSelfAttention,  # the attention baseline: d_state is the head dimension
 }
 
 

@@ -20,6 +20,8 @@ the argument is "auto"):
   torch.utils.cpp_extension; CPU only. The default on CPU.
 * ``torch``: a loop over time in torch ops, with the same custom backward; any device. The
   default elsewhere, and the fallback (with a warning) when the C++ build fails.
+* ``triton``: chunked Triton kernels (scan_triton.py); CUDA tensors, or CPU tensors under
+  Triton's interpreter (TRITON_INTERPRET=1, for tests). The default on CUDA when triton imports.
 * ``reference``: `reference_scan` with autograd through the loop; slow, obviously right.
 
 The recurrence always runs in float32 or wider: float16/bfloat16 inputs are upcast and autocast
@@ -42,8 +44,8 @@ from torch import Tensor
 
 __all__ = ["linear_scan", "reference_scan", "select_backend", "cpp_available", "empty_cache", "BACKENDS", "ENV_BACKEND"]
 
-Backend = Literal["auto", "cpp", "torch", "reference"]
-BACKENDS: tuple[str, ...] = ("auto", "cpp", "torch", "reference")
+Backend = Literal["auto", "cpp", "torch", "triton", "reference"]
+BACKENDS: tuple[str, ...] = ("auto", "cpp", "torch", "triton", "reference")
 ENV_BACKEND = "SSM_TRAIN_SCAN_BACKEND"
 
 _SCAN_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
@@ -296,6 +298,28 @@ def empty_cache() -> None:
         torch.ops.ssm_train_scan.empty_cache()
 
 
+# ---------------------------------------------------------------------------------------------
+# Triton kernels (scan_triton.py), imported on first use: triton is an optional dependency
+
+
+_triton_state: dict[str, object] = {}  # "kernels": _Kernels, or "error": str
+
+
+def _triton_error(b: Tensor) -> str | None:
+    """None if the Triton kernels import and run on b's device, else why not."""
+    if not _triton_state:
+        try:
+            from ssm_train.nn import scan_triton
+
+            _triton_state["module"] = scan_triton
+            _triton_state["kernels"] = _Kernels(scan_triton.forward, scan_triton.backward)
+        except Exception as exc:  # triton missing, or failing to import on this machine
+            _triton_state["error"] = f"triton is not importable ({type(exc).__name__}: {exc})"
+    if "error" in _triton_state:
+        return str(_triton_state["error"])
+    return _triton_state["module"].check_device(b)  # type: ignore[attr-defined]
+
+
 _warned_fallback = False
 
 
@@ -303,8 +327,8 @@ def select_backend(b: Tensor, backend: Backend = "auto") -> str:
     """The backend `linear_scan(..., backend=backend)` uses for tensors like ``b``.
 
     An explicit argument wins; "auto" defers to $SSM_TRAIN_SCAN_BACKEND, then picks "cpp" on CPU
-    (falling back to "torch" with one warning if the extension cannot be built) and "torch"
-    elsewhere.
+    (falling back to "torch" with one warning if the extension cannot be built), "triton" on CUDA
+    when triton imports, and "torch" elsewhere.
     """
     global _warned_fallback
     if backend not in BACKENDS:
@@ -318,10 +342,15 @@ def select_backend(b: Tensor, backend: Backend = "auto") -> str:
             backend, forced = env, True  # type: ignore[assignment]
     if backend in ("torch", "reference"):
         return backend
+    if backend == "triton":
+        error = _triton_error(b)
+        if error is not None:
+            raise RuntimeError(f"linear_scan: backend 'triton' requested but {error}")
+        return "triton"
     if b.device.type != "cpu":
         if forced:
             raise ValueError(f"linear_scan: backend 'cpp' runs on CPU only; b is on {b.device}")
-        return "torch"
+        return "triton" if b.device.type == "cuda" and _triton_error(b) is None else "torch"
     error = _load_cpp()
     if error is None:
         return "cpp"
@@ -362,7 +391,7 @@ def linear_scan(
     with no_autocast:
         if name == "reference":
             return reference_scan(a, b, h0, reverse=reverse)
-        kernels = _CPP_KERNELS if name == "cpp" else _TORCH_KERNELS
+        kernels = _CPP_KERNELS if name == "cpp" else _TORCH_KERNELS if name == "torch" else _triton_state["kernels"]
         return _LinearScan.apply(a, b, h0, reverse, kernels)
 
 
