@@ -6,7 +6,6 @@
     ssm-train config   [-c FILE ...] [key.sub=value ...]   print the resolved config, run nothing
     ssm-train generate --ckpt PATH --prompt TEXT           sample from a language model
     ssm-train export   CKPT OUT                            one consolidated checkpoint (ssm_train/export.py)
-    ssm-train export   CKPT OUT                            one consolidated checkpoint (ssm_train/export.py)
     ssm-train sweep    FILE [--local | --slurm] [...]      run a W&B-format sweep (ssm_train/sweep.py)
     ssm-train reproduce NAME [--quick] [--out DIR]         regenerate a paper result (ssm_train/reproduce.py)
 
@@ -28,7 +27,6 @@ import warnings
 from pathlib import Path
 
 from ssm_train import export, reproduce, sweep
-from ssm_train import export
 from ssm_train.config import Config, ConfigError, load_config, to_yaml
 
 DEFAULT_EXPERIMENT = Path("configs/experiment/default.yaml")
@@ -61,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.8)
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--seed", type=int, default=0)
+    sweep.add_parser(sub)
     export.add_parser(sub)
+    reproduce.add_parser(sub)
     return p
 
 
@@ -129,7 +129,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"fit": cmd_fit, "validate": cmd_evaluate, "test": cmd_evaluate, "config": cmd_config,
-            "generate": cmd_generate, "export": export.cmd_export}
+            "generate": cmd_generate, "sweep": sweep.cmd_sweep, "reproduce": reproduce.cmd_reproduce,
+            "export": export.cmd_export}
 
 
 # Third-party notices that say nothing to a user of this tool (kept out of the console).

@@ -264,6 +264,9 @@ def _check_model(m: ModelConfig) -> None:
         _check(getattr(m, key) > 0, f"model.{key}", f"must be positive, got {getattr(m, key)}")
     _check(0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)")
     _check(m.mlp_ratio > 0, "model.mlp_ratio", "must be positive")
+    if m.kind == "real":  # the real arm: phase fixed at 0, so the init must give positive real λ
+        _check(m.init.name in ("real", "s4d_real", "mamba"), "model.init.name",
+               f"kind=real needs a real init (real, s4d_real, mamba), got '{m.init.name}'")
     if m.kind == "transformer":  # d_state is the attention head dimension
         _check(m.d_state % 2 == 0 and m.d_model % m.d_state == 0, "model.d_state",
                f"for kind=transformer it is the head dimension: even and dividing d_model={m.d_model}, "

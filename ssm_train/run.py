@@ -89,10 +89,13 @@ def _wandb_id(run_dir: Path) -> str | None:
     """The W&B run id, kept in the run directory so that a resumed run continues the same W&B run.
 
     Only rank zero talks to W&B (Lightning's ``rank_zero_experiment``); other ranks need no id.
+    Under a W&B sweep agent the agent's run id is used, so the trial reports to the sweep.
     """
     path = run_dir / "wandb_id"
     if not _is_rank_zero():
         return None
+    if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
+        return os.environ["WANDB_RUN_ID"]
     if not path.exists():
         _atomic_write(path, uuid.uuid4().hex[:12])
     return path.read_text().strip()
@@ -147,8 +150,17 @@ class FitResult:
     metrics: dict[str, float]
 
 
+def sweep_agent_name(cfg: Config) -> None:
+    """Under a stock ``wandb agent`` every trial would get the config's name and share (and resume)
+    one run directory: give each trial ``<name>-<W&B run id>`` instead."""
+    run_id = os.environ.get("WANDB_RUN_ID")
+    if os.environ.get("WANDB_SWEEP_ID") and run_id and not cfg.name.endswith(f"-{run_id}"):
+        cfg.name = f"{cfg.name}-{run_id}"
+
+
 def fit(cfg: Config, callbacks: Sequence[L.Callback] = ()) -> FitResult:
     """Train (resuming per ``checkpoint.resume``), save last.ckpt, validate; the final metrics."""
+    sweep_agent_name(cfg)
     datamodule, task = build_data_and_task(cfg)
     run_dir = prepare_run_dir(cfg)
     trainer = build_trainer(cfg, run_dir, task, callbacks)

@@ -91,3 +91,9 @@ def test_transformer_head_dimension_is_checked():
     load_config([], ["model.kind=transformer", "model.d_model=64", "model.d_state=16"])
     with pytest.raises(ConfigError, match="'model.d_state'.*head dimension"):
         load_config([], ["model.kind=transformer", "model.d_model=64", "model.d_state=24"])
+
+
+def test_real_arm_needs_a_real_init():
+    with pytest.raises(ConfigError, match="'model.init.name'.*kind=real needs a real init"):
+        load_config([], ["model.kind=real", "model.init.name=ring"])
+    assert load_config([], ["model.kind=real", "model.init.name=real"]).model.kind == "real"

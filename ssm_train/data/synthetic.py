@@ -34,7 +34,7 @@ from ssm_train.data.config import DataConfig
 
 Sample = dict[str, torch.Tensor]
 IGNORE = -100
-_VAL_SEED_OFFSET = 1_000_003  # validation draws from a stream disjoint from training
+VAL_INDEX_OFFSET = 1 << 40  # validation samples: indices training never reaches, same seed (same task)
 
 
 def _rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
@@ -167,8 +167,8 @@ class SyntheticStream(IterableDataset):
     """
 
     def __init__(self, cfg: DataConfig, seed: int, n: int | None = None,
-                 rank: int | None = None, world_size: int | None = None):
-        self.cfg, self.seed, self.n = cfg, seed, n
+                 rank: int | None = None, world_size: int | None = None, offset: int = 0):
+        self.cfg, self.seed, self.n, self.offset = cfg, seed, n, offset
         self._rank_world = (rank, world_size)  # resolved at iteration: DDP starts after construction
         self.sample = TASKS[cfg.kind]
         self.consumed = 0  # samples of this rank (this worker's share, inside a worker) handed out
@@ -185,7 +185,7 @@ class SyntheticStream(IterableDataset):
         j = self.consumed * n_workers + worker
         while per_rank is None or j < per_rank:
             self.consumed += 1  # before the yield: the loader snapshots state between samples
-            yield self.sample(self.cfg, self.seed, j * world + rank)
+            yield self.sample(self.cfg, self.seed, self.offset + j * world + rank)
             j += n_workers
         self.consumed = 0  # a finite stream was read to its end: the next pass starts afresh
 
@@ -230,6 +230,6 @@ class SyntheticDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> ResumableDataLoader:
         n = self.cfg.val_batches * self.cfg.batch_size
-        return self._loader(SyntheticStream(self.cfg, self.seed + _VAL_SEED_OFFSET, n=n))
+        return self._loader(SyntheticStream(self.cfg, self.seed, n=n, offset=VAL_INDEX_OFFSET))
 
     test_dataloader = val_dataloader

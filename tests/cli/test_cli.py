@@ -161,3 +161,11 @@ def test_generate_decodes_text_with_the_training_tokenizer(tmp_path, capsys):
     assert out.startswith("It is a truth") and len(out) >= len("It is a truth") + 1
     alphabet = set(torch.load(ckpt, weights_only=True)["hyper_parameters"]["spec"]["tokenizer"]["chars"])
     assert set(out[len("It is a truth"):]) <= alphabet | {"\n"}
+
+
+def test_each_wandb_sweep_agent_trial_gets_its_own_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sweep1")
+    monkeypatch.setenv("WANDB_RUN_ID", "trial7")
+    assert fit(tmp_path, "name=sw", "trainer.max_steps=3") == 0
+    assert (tmp_path / "sw-trial7" / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / "sw").exists()

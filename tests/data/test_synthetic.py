@@ -131,3 +131,13 @@ def test_validation_yields_the_same_batches_on_every_pass(workers):
     first, second = (torch.cat([b["inputs"] for b in loader]) for _ in range(2))
     assert len(first) == 6  # every sample, also when workers split the batches differently
     assert torch.equal(first, second)
+
+
+def test_validation_scores_the_same_nonlinear_map_as_training():
+    cfg = DataConfig(kind="nonlinear", seq_len=32, lag=6, batch_size=4, val_batches=1)
+    dm = SyntheticDataModule(cfg, seed=5)
+    f, lags = _random_map(1, 6, 5), nonlinear_lags(6)
+    for batch in (next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))):
+        u, y = batch["inputs"][0].numpy(), batch["targets"][0].numpy()
+        z = np.concatenate([u[20 - l] for l in lags])
+        np.testing.assert_allclose(y[20], f(z[None])[0], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,165 @@
+"""Trained linear recurrence + MLP: real against complex eigenvalues at equal state size.
+
+The model is the framework's own (``ssm_train.run.fit``): a linear encoder of the scalar input,
+``n_layers`` pre-norm blocks (diagonal linear recurrence, then a GLU MLP), a linear head. Two arms
+differ only in the recurrence, with the same radii |λ| in [0.9, 0.999] at init:
+
+    complex   kind=lru,  init=ring  (arg λ ~ U[0, 2π], complex B and C)
+    real      kind=real, init=real  (λ > 0, real B and C: the LRU paper's real arm)
+
+State size N = ``model.d_state`` is equal in both; a complex state holds 2N real numbers, so the
+table also lets one compare complex N with real 2N. Tasks (``ssm_train.data.synthetic``), inputs
+white Gaussian noise:
+
+    copy        y_t = u_{t-lag}                        (memorisation of one lagged input)
+    nonlinear   y_t = f(u_t, u_{t-l1}, u_{t-l2}, u_{t-lag})  (f a fixed random tanh network)
+
+Reported per task, arm, N and seed: the relative error sqrt(Σ|ŷ - y|² / Σ|y|²) of the trained
+model, twice:
+
+* ``rel_err``: the framework's final ``val/rel_err`` (its fixed validation batches);
+* ``held_out_rel_err``: on 256 fresh samples of the *training* stream (sample indices from 10^9,
+  never reached in training), computed here from ``last.ckpt``. The training stream is infinite
+  and never repeats, so this is a test error of the map the model was trained on. For ``copy`` the
+  two agree; for ``nonlinear`` only this one is meaningful while the validation stream draws its
+  own random f (``_random_map`` is seeded by the stream's seed, and validation uses seed + 1000003).
+
+Every run is an ordinary run directory under ``<out>/runs/``; a finished run (its ``result.json``)
+is not trained again when the command is repeated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ARMS: dict[str, list[str]] = {
+    "complex": ["model.kind=lru", "model.init.name=ring"],
+    "real": ["model.kind=real", "model.init.name=real"],
+}
+TASKS: dict[str, list[str]] = {
+    "copy": ["data.kind=copy", "data.window=1"],
+    "nonlinear": ["data.kind=nonlinear"],
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Sizes and budget of one reproduction (``QUICK`` fits in minutes on two CPU cores)."""
+
+    sizes: tuple[int, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    seq_len: int = 64
+    lag: int = 16
+    d_model: int = 32
+    n_layers: int = 1
+    batch_size: int = 32
+    lr: float = 3e-3
+    tasks: tuple[str, ...] = ("copy", "nonlinear")
+    threads: int = 1  # models this small run fastest on one thread (and share a busy machine best)
+
+    def overrides(self) -> list[str]:
+        return [
+            "model.init.r_min=0.9", "model.init.r_max=0.999", f"model.d_model={self.d_model}",
+            f"model.n_layers={self.n_layers}", "model.mlp=glu", f"data.seq_len={self.seq_len}",
+            f"data.lag={self.lag}", f"data.batch_size={self.batch_size}", "data.val_batches=8",
+            f"optim.lr={self.lr}", "optim.warmup_steps=50", f"trainer.max_steps={self.steps}",
+            f"trainer.val_check_interval={self.steps}", "trainer.limit_val_batches=8",
+            "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
+            f"checkpoint.every_n_steps={self.steps}", "logger.mode=disabled",
+        ]
+
+
+QUICK = Setting(sizes=(4, 8, 16, 32), seeds=(0, 1), steps=400)
+FULL = Setting(sizes=(4, 8, 16, 32, 64), seeds=(0, 1, 2), steps=2000)
+
+
+def run_name(task: str, arm: str, n: int, seed: int) -> str:
+    return f"{task}-{arm}-N{n}-s{seed}"
+
+
+def train_one(out: Path, setting: Setting, task: str, arm: str, n: int, seed: int) -> dict:
+    """One run, or its stored result when the settings match: ``{"task", "arm", "N", "seed", "rel_err",
+    "held_out_rel_err", "steps", "runtime_s", "setting"}``."""
+    from ssm_train.config import load_config
+    from ssm_train.run import fit
+
+    runs = out / "runs"
+    name = run_name(task, arm, n, seed)
+    stored = runs / name / "result.json"
+    if stored.is_file():
+        row = json.loads(stored.read_text())
+        if row.get("setting") == setting.overrides() and "held_out_rel_err" in row:
+            return row
+    cfg = load_config([], [*setting.overrides(), *TASKS[task], *ARMS[arm], f"model.d_state={n}",
+                           f"seed={seed}", f"runs_dir={runs}", f"name={name}", "checkpoint.resume=none"])
+    t0 = time.perf_counter()
+    (runs / name).mkdir(parents=True, exist_ok=True)
+    with (runs / name / "fit.log").open("w") as log, contextlib.redirect_stdout(log), _quiet_lightning():
+        result = fit(cfg)
+    row = {"task": task, "arm": arm, "N": n, "seed": seed, "rel_err": result.value,
+           "held_out_rel_err": held_out_error(runs / name), "steps": result.step,
+           "runtime_s": round(time.perf_counter() - t0, 2), "setting": setting.overrides()}
+    stored.write_text(json.dumps(row, indent=1))
+    return row
+
+
+HELD_OUT_START = 10**9  # first sample index of the held-out set: far beyond steps × batch of any run
+
+
+def held_out_error(run_dir: Path, samples: int = 256) -> float:
+    """sqrt(Σ|ŷ - y|² / Σ|y|²) of the run's last.ckpt on samples HELD_OUT_START.. of its training
+    stream (seed = run seed + data.seed_offset, as ``SyntheticDataModule`` draws training data)."""
+    import torch
+
+    from ssm_train.config import from_dict
+    from ssm_train.data.synthetic import TASKS as SAMPLERS
+    from ssm_train.generate import load_backbone
+
+    model, config, _ = load_backbone(run_dir / "checkpoints" / "last.ckpt")
+    cfg = from_dict(config)
+    seed = cfg.seed + cfg.data.seed_offset
+    batch = [SAMPLERS[cfg.data.kind](cfg.data, seed, HELD_OUT_START + i) for i in range(samples)]
+    u = torch.stack([b["inputs"] for b in batch])
+    y = torch.stack([b["targets"] for b in batch]).double()
+    with torch.no_grad():
+        err = (model(u).double() - y).pow(2).sum() / y.pow(2).sum()
+    return float(err.sqrt())
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Lightning's per-run banners (model summary, seed, devices) go nowhere; warnings still show."""
+    loggers = [logging.getLogger(n) for n in ("lightning", "lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def train_all(out: Path, setting: Setting, progress=print) -> list[dict]:
+    """Every (task, arm, N, seed) of ``setting``, one after another."""
+    import torch
+
+    rows = []
+    combos = [(t, a, n, s) for t in setting.tasks for n in setting.sizes for s in setting.seeds for a in ARMS]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(setting.threads)
+    try:
+        for k, (task, arm, n, seed) in enumerate(combos, 1):
+            row = train_one(out, setting, task, arm, n, seed)
+            progress(f"trained {k}/{len(combos)} {run_name(task, arm, n, seed)}: val/rel_err={row['rel_err']:.4f} "
+                     f"held-out {row['held_out_rel_err']:.4f} ({row['runtime_s']:.1f} s)")
+            rows.append(row)
+    finally:
+        torch.set_num_threads(threads)
+    return rows
