@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see ssm_train/cli.py: spinning threads stall a shared CPU
+# No test has a GPU: Triton kernels run in its interpreter. Triton reads this when it is first
+# imported (DeepSpeed imports it early), so it is set here, before any test module loads.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
