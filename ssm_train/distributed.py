@@ -1,4 +1,4 @@
-"""Strategy and cluster plugins from config: what DDP, FSDP2 and DeepSpeed ZeRO need here.
+"""Strategies from config: what DDP, FSDP2 and DeepSpeed ZeRO need here (SLURM: ssm_train/slurm.py).
 
 ``trainer.strategy``:
 
@@ -24,22 +24,12 @@ What works where (measured on CPU with gloo, 2 processes; docs/distributed.md):
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import shutil
-import signal
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch import Callback
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, Strategy
 
 from ssm_train.config import Config, ConfigError
@@ -214,150 +204,3 @@ def checkpoint_mtime(path: Path) -> float | None:
     if (path / "latest").is_file():
         return (path / "latest").stat().st_mtime
     return None
-
-
-# ------------------------------------------------------------------------------------------ SLURM
-
-
-def slurm_topology() -> tuple[int, int] | None:
-    """(nodes, tasks per node) of the SLURM job this process runs in, or None outside SLURM.
-
-    ``slurm/train.sh`` starts one rank per task and never repeats the counts on the command line:
-    they are read here, so Lightning's check that they match the job always passes.
-    """
-    if not SLURMEnvironment.detect():
-        return None
-    per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0]  # "2(x3)" -> 2
-    return int(os.environ.get("SLURM_NNODES", "1")), int(per_node)
-
-
-def build_plugins(cfg: Config) -> list:
-    """Under SLURM: Lightning's environment (ranks, world size, master address from SLURM).
-
-    Its own auto-requeue stays off: Lightning's handler checkpoints from inside the signal handler,
-    wherever each rank happens to be, and its barrier can pair with a gradient all-reduce of a rank
-    that is a step behind. :class:`RequeueOnSignal` does the same work at a step boundary.
-    """
-    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
-
-
-def slurm_callbacks(cfg: Config) -> list:
-    """Under SLURM (unless SSM_TRAIN_NO_REQUEUE=1): :class:`RequeueOnSignal` on SIGUSR1."""
-    if SLURMEnvironment.detect() and os.environ.get("SSM_TRAIN_NO_REQUEUE") != "1":
-        return [RequeueOnSignal(signal.SIGUSR1)]
-    return []
-
-
-class Requeued(SystemExit):
-    """The job has been requeued with a checkpoint; this process ends (status 0) before SLURM ends it."""
-
-
-class RequeueOnSignal(Callback):
-    """SLURM pre-emption: on the signal, every rank checkpoints at the same step; then requeue and exit.
-
-    The signal handler only records that the signal came (``--signal=USR1@90`` or ``scancel
-    --signal=USR1`` reach every rank, at slightly different points of a step). After each training
-    step the ranks agree whether any of them has it (one all-reduce of a flag) and, if so, all save
-    ``<run dir>/hpc_ckpt_<n>.ckpt`` together at that step boundary, where the model, optimizer,
-    schedule, data position and step counter agree (the point where ModelCheckpoint saves). The
-    step's metrics are logged by Lightning after this hook, so the requeue and the exit wait for the
-    next hook (the next step's start, or validation), after the loggers are flushed. Rank zero
-    runs ``scontrol requeue``; the job comes back with the same id and run directory and resumes
-    from the newest checkpoint (``checkpoint.resume=auto``). A signal at the last step is ignored:
-    the run is finishing anyway. Older hpc checkpoints are removed once the new one is written.
-    """
-
-    def __init__(self, signum: int = signal.SIGUSR1) -> None:
-        self.signum = signum
-        self.received = False
-        self.saved: Path | None = None
-        signal.signal(signum, self._on_signal)  # now, in the main thread: a signal before fit must not kill us
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self.received = True  # nothing more here: a collective in a signal handler can pair with a step's
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
-        if self.saved is not None or not trainer.strategy.reduce_boolean_decision(self.received, all=False):
-            return
-        if trainer.global_step >= trainer.max_steps > 0:
-            return  # the last step: the run completes normally
-        run_dir = Path(trainer.default_root_dir)
-        n = 1 + max((int(p.stem.removeprefix("hpc_ckpt_")) for p in run_dir.glob("hpc_ckpt_*.ckpt")
-                     if p.stem.removeprefix("hpc_ckpt_").isdigit()), default=0)
-        path = trainer.strategy.broadcast(run_dir / f"hpc_ckpt_{n}.ckpt")
-        trainer.save_checkpoint(path)  # collective: every rank is here, at the same step
-        self.saved = path
-        print(f"rank {trainer.global_rank}: pre-emption signal: saved {path.name} at step {trainer.global_step}",
-              flush=True)
-        if trainer.is_global_zero:
-            for old in run_dir.glob("hpc_ckpt_*.ckpt"):
-                if old != path:
-                    shutil.rmtree(old) if old.is_dir() else old.unlink()
-
-    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
-        self._requeue(trainer)
-
-    def on_validation_start(self, trainer: L.Trainer, *args: object) -> None:
-        self._requeue(trainer)
-
-    def _requeue(self, trainer: L.Trainer) -> None:
-        if self.saved is None:
-            return
-        for logger in trainer.loggers:  # rows up to the checkpoint's step; later ones are dropped on resume
-            logger.save()
-        ok = True
-        if trainer.is_global_zero:
-            job = os.environ.get("SLURM_JOB_ID", "")
-            if "SLURM_ARRAY_JOB_ID" in os.environ:  # an array task is requeued by its own id
-                job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-            proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-            ok = proc.returncode == 0
-            print(f"scontrol requeue {job}: " + ("done" if ok else f"failed ({proc.returncode}): "
-                                                  f"{proc.stderr.strip()}; training goes on"), flush=True)
-        if trainer.strategy.broadcast(ok):
-            raise Requeued(0)
-        self.saved, self.received = None, False
-
-
-# --------------------------------------------------------------------- restarts: the metrics log
-
-
-class RestartableCSVLogger(CSVLogger):
-    """Lightning's CSVLogger, but ``metrics.csv`` survives a restart in the same folder.
-
-    Lightning's deletes the file when its folder exists. Here a resumed run appends, after dropping
-    the rows at or past the first step it logs: those came from steps after the checkpoint it
-    resumed from, which it trains again. The file then holds each step once, as trained.
-    """
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> _AppendingWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
-
-
-class _AppendingWriter(ExperimentWriter):
-    def __init__(self, log_dir: str) -> None:
-        super().__init__(log_dir)
-        self._trimmed = False
-
-    def _check_log_dir_exists(self) -> None:
-        pass  # Lightning's deletes metrics.csv here
-
-    def save(self) -> None:
-        if self.metrics and not self._trimmed and self._fs.isfile(self.metrics_file_path):
-            first = min(int(m["step"]) for m in self.metrics)
-            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                reader = csv.DictReader(f)
-                header, rows = list(reader.fieldnames or []), list(reader)
-            kept = [r for r in rows if r.get("step") not in (None, "") and int(float(r["step"])) < first]
-            with self._fs.open(self.metrics_file_path, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=header)
-                writer.writeheader()
-                writer.writerows(kept)
-            self.metrics_keys = sorted(header)  # new keys extend this header (Lightning rewrites the file)
-        self._trimmed = self._trimmed or bool(self.metrics)
-        super().save()

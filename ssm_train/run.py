@@ -25,8 +25,9 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from ssm_train.callbacks import SpectrumPlot
 from ssm_train.config import Config, ConfigError, to_dict, to_yaml
 from ssm_train.data.registry import build_datamodule
-from ssm_train.distributed import (RestartableCSVLogger, build_plugins, build_strategy, checkpoint_mtime,
-                                   slurm_callbacks, slurm_topology)
+from ssm_train.distributed import build_strategy, checkpoint_mtime
+from ssm_train.loggers import RestartableCSVLogger
+from ssm_train.slurm import build_plugins, slurm_callbacks, slurm_topology
 from ssm_train.tasks import TASKS, SequenceTask
 from ssm_train.tasks.base import spec_to_dict
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from ssm_train.config import load_config
-from ssm_train.distributed import RequeueOnSignal, Requeued, RestartableCSVLogger
+from ssm_train.loggers import RestartableCSVLogger
+from ssm_train.slurm import RequeueOnSignal, Requeued
 from ssm_train.run import fit
 
 ROOT = Path(__file__).resolve().parents[2]
