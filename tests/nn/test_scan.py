@@ -13,11 +13,13 @@ import warnings
 
 import pytest
 import torch
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssm_train.nn import scan as scan_mod
 from ssm_train.nn.scan import cpp_available, linear_scan, reference_scan, select_backend
+from tests.nn.scan_checks import assert_close_to
 
 CPP_OK = cpp_available()
 needs_cpp = pytest.mark.skipif(not CPP_OK, reason=f"C++ scan extension did not build: {scan_mod._load_cpp()}")
@@ -53,16 +55,6 @@ def random_inputs(
     b = torch.randn(B, L, D, generator=g, dtype=w)
     h0 = torch.randn(B, D, generator=g, dtype=w) if with_h0 else None
     return a.to(dtype), b.to(dtype), None if h0 is None else h0.to(dtype)
-
-
-def assert_close_to(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
-    """max|actual - expected| <= tol · (1 + max|expected|), with the numbers in the message."""
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    if expected.numel() == 0:
-        return
-    err = (actual.to(expected.dtype) - expected).abs().max().item()
-    scale = 1 + expected.abs().max().item()
-    assert err <= tol * scale, f"{what}: max error {err:.3e} > {tol:.1e} x {scale:.3g}"
 
 
 def run_with_grads(fn, a, b, h0, grad_out):

@@ -30,6 +30,7 @@ from ssm_train.nn import scan as scan_mod  # noqa: E402
 from ssm_train.nn import scan_triton  # noqa: E402
 from ssm_train.nn.scan import linear_scan, reference_scan, select_backend  # noqa: E402
 from ssm_train.nn.scan_triton import ScanConfig, default_config  # noqa: E402
+from tests.nn.scan_checks import assert_close_to  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not scan_triton.INTERPRET,
@@ -86,16 +87,6 @@ def random_inputs(B, L, D, dtype, varying, with_h0, seed, radius=None):
     b = torch.randn(B, L, D, generator=g, dtype=wide(dtype))
     h0 = torch.randn(B, D, generator=g, dtype=wide(dtype)) if with_h0 else None
     return a.to(dtype), b.to(dtype), None if h0 is None else h0.to(dtype)
-
-
-def assert_close_to(actual, expected, tol, what):
-    """max|actual - expected| <= tol · (1 + max|expected|)."""
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    if expected.numel() == 0:
-        return
-    err = (actual.to(expected.dtype) - expected).abs().max().item()
-    scale = 1 + expected.abs().max().item()
-    assert err <= tol * scale, f"{what}: max error {err:.3e} > {tol:.1e} x {scale:.3g}"
 
 
 def reference_with_grads(a, b, h0, g, reverse):
