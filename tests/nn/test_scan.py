@@ -13,7 +13,6 @@ import warnings
 
 import pytest
 import torch
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
