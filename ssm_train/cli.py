@@ -76,29 +76,23 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from ssm_train.run import fit
+    from ssm_train.run import fit, is_rank_zero
 
     result = fit(_config(args))
-    if _is_rank_zero():
+    if is_rank_zero():
         print(f"final {result.metric}={result.value:.6g} at step {result.step} (run dir {result.run_dir})",
               flush=True)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ssm_train.run import evaluate
+    from ssm_train.run import evaluate, is_rank_zero
 
     metrics = evaluate(_config(args), args.command, args.ckpt)
-    if _is_rank_zero():
+    if is_rank_zero():
         for k, v in sorted(metrics.items()):
             print(f"{k}={v:.6g}")
     return 0
-
-
-def _is_rank_zero() -> bool:
-    from lightning.pytorch.utilities import rank_zero_only
-
-    return rank_zero_only.rank == 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from ssm_train.callbacks import SpectrumPlot
 from ssm_train.config import Config, ConfigError, to_dict, to_yaml
@@ -36,7 +37,7 @@ def prepare_run_dir(cfg: Config) -> Path:
     run_dir = cfg.run_dir
     for sub in ("checkpoints", "plots"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    if _is_rank_zero():
+    if is_rank_zero():
         _atomic_write(run_dir / "config.yaml", to_yaml(cfg))
     return run_dir
 
@@ -93,7 +94,7 @@ def _wandb_id(run_dir: Path) -> str | None:
     Under a W&B sweep agent the agent's run id is used, so the trial reports to the sweep.
     """
     path = run_dir / "wandb_id"
-    if not _is_rank_zero():
+    if not is_rank_zero():
         return None
     if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
         return os.environ["WANDB_RUN_ID"]
@@ -131,9 +132,9 @@ def build_trainer(cfg: Config, run_dir: Path, task: SequenceTask,
     )
 
 
-def _is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0 and \
-        int(os.environ.get("LOCAL_RANK", 0)) == 0
+def is_rank_zero() -> bool:
+    """Lightning's rank (from RANK / LOCAL_RANK / SLURM_PROCID until a strategy sets it)."""
+    return rank_zero_only.rank == 0
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -182,7 +183,8 @@ def evaluate(cfg: Config, stage: str, ckpt: str | None = None) -> dict[str, floa
     if checkpoint_mtime(Path(ckpt)) is None:
         raise ConfigError(f"--ckpt: '{ckpt}' is not a checkpoint (train first, or give --ckpt PATH)")
     datamodule, task = build_data_and_task(cfg)
-    trainer = build_trainer(cfg, prepare_run_dir(cfg), task)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)  # evaluating never rewrites the run's config.yaml
+    trainer = build_trainer(cfg, cfg.run_dir, task)
     run = trainer.validate if stage == "validate" else trainer.test
     metrics = run(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, verbose=False)[0]
     _finish_loggers(trainer)

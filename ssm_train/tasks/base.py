@@ -6,6 +6,7 @@ hyper-parameters round-trip through a checkpoint loaded with ``weights_only=True
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from typing import Any
@@ -28,8 +29,7 @@ class NonFiniteLossError(RuntimeError):
 
 def spec_to_dict(spec: DataSpec) -> dict:
     """A DataSpec as plain types; the tokenizer travels as its ``state_dict``."""
-    d = {k: getattr(spec, k) for k in ("task", "vocab_size", "d_input", "d_output", "class_names",
-                                       "ignore_index")}
+    d = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name not in ("tokenizer", "extra")}
     d["tokenizer"] = spec.tokenizer.state_dict() if spec.tokenizer is not None else None
     return d
 
