@@ -136,8 +136,24 @@ QUIET = [
 ]
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` overrides may come before, between or after options.
+
+    argparse fills a ``nargs="*"`` positional once, so overrides after an option (``--ckpt x a=1``)
+    come back unparsed; they are appended in the order given (later overrides win)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):
+        late = [a for a in extra if "=" in a and not a.startswith("-")]
+        args.overrides = [*args.overrides, *late]
+        extra = [a for a in extra if a not in late]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     for pattern in QUIET:
         warnings.filterwarnings("ignore", message=pattern)
     from ssm_train.tasks.base import NonFiniteLossError

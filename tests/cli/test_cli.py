@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssm_train.cli import main
+from ssm_train.cli import main, parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted((ROOT / "configs" / "experiment").glob("*.yaml"))
@@ -170,3 +170,28 @@ def test_each_wandb_sweep_agent_trial_gets_its_own_run(tmp_path, capsys, monkeyp
     assert fit(tmp_path, "name=sw", "trainer.max_steps=3") == 0
     assert (tmp_path / "sw-trial7" / "checkpoints" / "last.ckpt").is_file()
     assert not (tmp_path / "sw").exists()
+
+
+@pytest.mark.parametrize("argv, overrides, ckpt", [
+    (["test", "a=1", "--ckpt", "x.ckpt", "b=2"], ["a=1", "b=2"], "x.ckpt"),
+    (["test", "--ckpt", "x.ckpt", "a=1", "b=2"], ["a=1", "b=2"], "x.ckpt"),
+    (["test", "a=1", "-c", "f.yaml", "b=2", "a=3"], ["a=1", "b=2", "a=3"], None),
+])
+def test_overrides_may_follow_options_and_keep_their_order(argv, overrides, ckpt):
+    args = parse_args(argv)
+    assert args.overrides == overrides
+    assert args.ckpt == ckpt
+
+
+@pytest.mark.parametrize("argv", [["fit", "--ckpt", "x.ckpt"], ["fit", "a=1", "--nope"]])
+def test_stray_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_an_override_after_an_option_reaches_the_config(capsys):
+    assert main(["config", "-c", "configs/experiment/default.yaml", "seed=1", "-c",
+                 "configs/experiment/default.yaml", "seed=7"]) == 0
+    assert "\nseed: 7\n" in "\n" + capsys.readouterr().out
