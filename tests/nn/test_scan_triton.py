@@ -277,22 +277,26 @@ def test_errors_name_the_problem(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# The real compiler: every kernel variant compiles for sm_90 (no GPU needed), without spills
+# The real compiler: every kernel variant compiles for an A100 (sm_80) and an H100 (sm_90) with no
+# GPU here, without spills; the scan kernels also with bf16 inputs and outputs
 
-_COMPILE_FOR_SM90 = r"""
+_COMPILE_KERNELS = r"""
 import itertools, json, os, re, subprocess, sys, tempfile
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from ssm_train.nn import scan_triton as st
 
+capability = int(sys.argv[1])
 cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-pointers = {"a_ptr", "x_ptr", "out_ptr", "init_re_ptr", "init_im_ptr", "h_ptr", "h0_ptr", "grad_a_ptr",
-            "sum_ptr", "h0_re_ptr", "h0_im_ptr", "carry_ptr"}
+data = {"a_ptr", "x_ptr", "out_ptr", "h_ptr", "h0_ptr", "grad_a_ptr"}  # in the caller's dtype
+state = {"init_re_ptr", "init_im_ptr", "sum_ptr", "h0_re_ptr", "h0_im_ptr", "carry_ptr"}  # float32 always
 
-def compile_(fn, consts, num_warps):
-    sig = {n: "constexpr" if n in consts else "*fp32" if n in pointers else "i32" for n in fn.arg_names}
-    k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+def compile_(fn, consts, num_warps, io="fp32"):
+    sig = {n: "constexpr" if n in consts else f"*{io}" if n in data else "*fp32" if n in state else "i32"
+           for n in fn.arg_names}
+    k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", capability, 32),
+                       options={"num_warps": num_warps})
     with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
         f.write(k.asm["cubin"])
     usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
@@ -305,7 +309,9 @@ for is_complex, varying, bwd in itertools.product([False, True], repeat=3):
     flags = dict(IS_COMPLEX=is_complex, A_VARYING=varying, REVERSE=bwd, SHIFT_A=bwd, CONJ_A=bwd)
     grad = (1 if varying else 2) if bwd else 0
     name = f"{'complex' if is_complex else 'real'}-{'varying' if varying else 'const'}-{'bwd' if bwd else 'fwd'}"
-    out["scan-" + name] = compile_(st._scan_kernel, dict(**flags, HAS_INIT=True, GRAD_A=grad, HAS_H0=bwd, **sizes), 4)
+    scan = dict(**flags, HAS_INIT=True, GRAD_A=grad, HAS_H0=bwd, **sizes)
+    out["scan-" + name] = compile_(st._scan_kernel, scan, 4)
+    out["scan-bf16-" + name] = compile_(st._scan_kernel, scan, 4, io="bf16")
     out["summary-" + name] = compile_(st._summary_kernel, dict(**flags, **sizes), 4)
 out["carry"] = compile_(st._carry_kernel, dict(IS_COMPLEX=True, HAS_H0=True, BLOCK_D=8, ACC=tl.float32), 4)
 print(json.dumps(out))
@@ -313,22 +319,24 @@ print(json.dumps(out))
 
 
 @pytest.mark.slow
-def test_kernels_compile_for_sm90_without_spills():
+@pytest.mark.parametrize("capability", [80, 90])
+def test_kernels_compile_without_spills(capability):
     """The interpreter accepts code the compiler may not (types, layouts, constexpr branches);
-    compile every variant for an H100 in a process without TRITON_INTERPRET and read the cubin's
-    register and stack use (ptxas and cuobjdump ship inside the triton wheel)."""
+    compile every variant for an A100 and an H100 in a process without TRITON_INTERPRET and read the
+    cubin's register and stack use (ptxas and cuobjdump ship inside the triton wheel)."""
     import json
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], capture_output=True, text=True, env=env, timeout=500)
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_KERNELS, str(capability)], capture_output=True, text=True,
+                          env=env, timeout=500)
     if proc.returncode and "nvidia" in proc.stderr and ("No module" in proc.stderr or "not found" in proc.stderr):
         pytest.skip(f"this triton build cannot compile for CUDA here: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     usage = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(usage) == 17
+    assert len(usage) == 25
     for name, u in usage.items():
-        assert u["stack"] == 0, f"{name} spills: {u}"
-        assert u["regs"] <= 128, f"{name} needs {u['regs']} registers: fewer programs fit on an SM"
+        assert u["stack"] == 0, f"sm_{capability} {name} spills: {u}"
+        assert u["regs"] <= 128, f"sm_{capability} {name} needs {u['regs']} registers: fewer programs fit on an SM"
