@@ -4,10 +4,11 @@
 
 One training step = forward + backward + AdamW step of a language model (byte vocabulary, next-
 token cross-entropy) on random tokens, at a constant number of tokens per batch (B·L = --tokens),
-for L = 256, 1024, 4096, 16384 (--quick: 256, 1024, 4096, 8192 tokens per batch, 2 timed steps). Every model has
-n_layers = 2 and its natural state size (LRU: N = H; S4D: 32 complex modes per channel, the S4D
-paper's N = 64; selective: N = 16, expand 2; Transformer: head dimension 32); d_model is chosen
-per model so that the parameter counts match the LRU's at d_model = 128 (printed).
+for L = 256, 1024, 4096, 16384 (--quick: 256, 1024, 4096, 8192 tokens per batch, 2 timed steps).
+Every model has n_layers = 2 and its natural state size (LRU: N = H; S4D: 32 complex modes per
+channel, the S4D paper's N = 64, as an FFT convolution (s4d) and as its recurrence (s4d_scan);
+selective: N = 16, expand 2; Transformer: head dimension 32); d_model is chosen per model so that
+the parameter counts match the LRU's at d_model = 128 (printed).
 
 Columns: median ms per step, training tokens/s, peak memory during the steps (CPU: growth of the
 peak resident set size over the size before the first step, in a fresh process per row; CUDA:
@@ -41,19 +42,21 @@ import torch.nn.functional as F  # noqa: E402
 from ssm_train.nn import Backbone, param_groups  # noqa: E402
 
 VOCAB, N_LAYERS, REFERENCE_D_MODEL = 256, 2, 128
-KINDS = ("lru", "s4d", "selective", "transformer")
+KINDS = ("lru", "s4d", "s4d_scan", "selective", "transformer")
 
 
 @dataclass(frozen=True)
 class Shape:
-    kind: str
+    kind: str  # the Backbone's mixer
     d_state: int  # LRU: N; S4D: complex modes per channel; selective: N; transformer: head dim
     multiple: int  # d_model must be a multiple of this (transformer: the head dimension)
+    mode: str | None = None  # S4D: conv (FFT, the default) | scan (the recurrence)
 
 
 SHAPES = {
     "lru": Shape("lru", REFERENCE_D_MODEL, 8),
-    "s4d": Shape("s4d", 32, 8),
+    "s4d": Shape("s4d", 32, 8, "conv"),
+    "s4d_scan": Shape("s4d", 32, 8, "scan"),
     "selective": Shape("selective", 16, 8),
     "transformer": Shape("transformer", 32, 32),
 }
@@ -61,7 +64,9 @@ SHAPES = {
 
 def build(kind: str, d_model: int) -> Backbone:
     s = SHAPES[kind]
-    return Backbone(vocab_size=VOCAB, d_model=d_model, n_layers=N_LAYERS, d_state=s.d_state, kind=kind)
+    layer_kwargs = {"mode": s.mode} if s.mode else None
+    return Backbone(vocab_size=VOCAB, d_model=d_model, n_layers=N_LAYERS, d_state=s.d_state, kind=s.kind,
+                    layer_kwargs=layer_kwargs)
 
 
 def n_params(model: torch.nn.Module) -> int:

@@ -47,6 +47,7 @@ class ModelConfig:
     init: InitConfig = field(default_factory=InitConfig)
     normalize: bool = True  # LRU: input normalisation exp(gamma_log)
     discretization: str = "zoh"  # S4D: zoh | bilinear
+    s4d_mode: str = "conv"  # S4D: conv (FFT convolution) | scan (the recurrence); same outputs, conv is faster
     norm: str = "layer"  # layer | rms | batch
     mlp: str = "glu"  # mlp | glu
     mlp_ratio: float = 2.0
@@ -79,7 +80,7 @@ class TrainerConfig:
     accelerator: str = "auto"  # auto | cpu | gpu
     devices: Any = "auto"  # "auto", a count, or a list of indices
     num_nodes: int = 1
-    strategy: str = "auto"  # auto | ddp | fsdp | deepspeed_stage_{1,2,3}[_offload]
+    strategy: str = "auto"  # auto | ddp | fsdp | hsdp | deepspeed_stage_{1,2,3}[_offload]
     gradient_clip_val: float = 1.0
     accumulate_grad_batches: int = 1
     val_check_interval: int = 100  # steps between validations
@@ -220,6 +221,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.mlp": ("mlp", "glu"),
     "model.pooling": ("mean", "last"),
     "model.discretization": ("zoh", "bilinear"),
+    "model.s4d_mode": ("conv", "scan"),
     "task.kind": ("auto", "lm", "classify", "regress"),
     "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
 }

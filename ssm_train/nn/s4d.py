@@ -10,7 +10,14 @@ Per channel h = 1..H, with N complex modes n (each standing for a conjugate pair
     y_k = 2 Re(Σ_n C_hn x_k,hn) + D_h u_k,h  (the conjugate mode's contribution folds into 2·Re)
 
 So `d_state=N` is the number of complex modes per channel: a real state of size 2N, i.e. the S4D
-paper's N=64 is d_state=32 here. The scan runs over H·N channels with a constant a = λ.
+paper's N=64 is d_state=32 here.
+
+Two ways to compute a sequence (`mode`), equal up to rounding:
+    conv (default): y = K * u + D ⊙ u with K_l = 2 Re Σ_n C_hn B̄_hn λ_hn^l, by FFT (nn/conv.py);
+                    O(H·N·L + B·H·L log L), the S4 papers' convolutional mode;
+    scan:           the recurrence over H·N channels with a constant a = λ (nn/scan.py);
+                    O(B·L·H·N) time and memory, as the LRU's, for comparison and checking.
+`step` is always the recurrence.
 B defaults to 1 (as in S4D-Lin/Inv) and is learnable; C ~ CN(0, 1) as in the paper's code.
 Any registered init works: the S4D ones give A directly; a discrete one (ring, ...) is mapped back
 to continuous time with `undiscretize` at the drawn Δ, so that eigenvalues() equals its λ at init.
@@ -23,6 +30,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ssm_train.nn.conv import fft_conv, vandermonde_kernel
 from ssm_train.nn.init import (
     CONTINUOUS_A,
     at_least_float32,
@@ -32,7 +40,9 @@ from ssm_train.nn.init import (
     sample_dt,
     undiscretize,
 )
-from ssm_train.nn.scan import linear_scan
+from ssm_train.nn.scan import autocast_off, linear_scan
+
+MODES = ("conv", "scan")
 
 
 class S4D(nn.Module):
@@ -46,6 +56,7 @@ class S4D(nn.Module):
         init: str = "s4d_lin",
         init_params: dict | None = None,
         discretization: str = "zoh",
+        mode: str = "conv",
         reverse: bool = False,
         generator: torch.Generator | None = None,
     ):
@@ -54,8 +65,10 @@ class S4D(nn.Module):
         if H < 1 or N < 1:
             raise ValueError(f"d_model and d_state must be >= 1, got d_model={H}, d_state={N}")
         check_discretization(discretization)
+        if mode not in MODES:
+            raise ValueError(f"S4D mode must be one of {MODES}, got mode={mode!r}")
         self.d_model, self.d_state = H, N
-        self.init, self.discretization, self.reverse = init, discretization, reverse
+        self.init, self.discretization, self.mode, self.reverse = init, discretization, mode, reverse
 
         params = dict(init_params or {})
         if "discretization" in params:
@@ -83,7 +96,7 @@ class S4D(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, d_state={self.d_state}, init={self.init!r}, "
-            f"discretization={self.discretization!r}, reverse={self.reverse}"
+            f"discretization={self.discretization!r}, mode={self.mode!r}, reverse={self.reverse}"
         )
 
     # -- discretisation ---------------------------------------------------------------------------
@@ -107,20 +120,30 @@ class S4D(nn.Module):
         """The discrete-time diagonal λ as a complex tensor [H, N], at the current log_dt."""
         return self.discrete()[0]
 
+    def C(self) -> Tensor:
+        return torch.complex(at_least_float32(self.C_re), at_least_float32(self.C_im))
+
+    def kernel(self, L: int) -> Tensor:
+        """The convolution kernel K [H, L]: K_l = 2 Re Σ_n C_hn B̄_hn λ_hn^l."""
+        lam, B_bar = self.discrete()
+        return vandermonde_kernel(lam, self.C() * B_bar, L)
+
     def _output(self, x: Tensor, u: Tensor) -> Tensor:
         """2 Re(Σ_n C_hn x_hn) + D ⊙ u; x: [..., H, N], u: [..., H]."""
-        C = torch.complex(at_least_float32(self.C_re), at_least_float32(self.C_im))
-        return 2 * (x * C).real.sum(-1) + self.D * u
+        return 2 * (x * self.C()).real.sum(-1) + self.D * u
 
     # -- sequence and step ---------------------------------------------------------------------------
 
     def forward(self, u: Tensor) -> Tensor:
         """u: [B, L, H] -> y: [B, L, H]."""
         Bsz, L, H = u.shape
+        if self.mode == "conv":
+            with autocast_off(u.device.type):
+                return fft_conv(u, self.kernel(L), reverse=self.reverse) + self.D * u
         lam, B_bar = self.discrete()
         b = B_bar * at_least_float32(u)[..., None]  # [B, L, H, N]
-        x = linear_scan(lam.reshape(-1), b.reshape(Bsz, L, -1), reverse=self.reverse)
-        return self._output(x.view(Bsz, L, H, -1), u)
+        x = linear_scan(lam.reshape(-1), b.reshape(Bsz, L, H * self.d_state), reverse=self.reverse)
+        return self._output(x.view(Bsz, L, H, self.d_state), u)
 
     def step(self, u_t: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One step: u_t [B, H], state x_{t-1} [B, H, N] (None = zeros) -> (y_t [B, H], x_t)."""

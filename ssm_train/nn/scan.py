@@ -386,18 +386,18 @@ def linear_scan(
     """
     a, b, h0 = _prepare(a, b, h0)
     name = select_backend(b, backend)
-    device_type = b.device.type
-    no_autocast = torch.autocast(device_type, enabled=False) if _autocast_on(device_type) else contextlib.nullcontext()
-    with no_autocast:
+    with autocast_off(b.device.type):
         if name == "reference":
             return reference_scan(a, b, h0, reverse=reverse)
         kernels = _CPP_KERNELS if name == "cpp" else _TORCH_KERNELS if name == "torch" else _triton_state["kernels"]
         return _LinearScan.apply(a, b, h0, reverse, kernels)
 
 
-def _autocast_on(device_type: str) -> bool:
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """A context with autocast disabled for ``device_type`` (a no-op where it is not on)."""
     try:
-        return torch.is_autocast_enabled(device_type)
+        on = torch.is_autocast_enabled(device_type)
     except (TypeError, RuntimeError):  # device types without autocast support
-        return False
+        on = False
+    return torch.autocast(device_type, enabled=False) if on else contextlib.nullcontext()
 

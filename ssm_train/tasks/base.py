@@ -41,6 +41,7 @@ def build_backbone(cfg: Config, spec: dict) -> Backbone:
         layer_kwargs["normalize"] = m.normalize
     if m.kind == "s4d":
         layer_kwargs["discretization"] = m.discretization
+        layer_kwargs["mode"] = m.s4d_mode
     return Backbone(
         vocab_size=spec["vocab_size"], d_input=spec["d_input"], d_model=m.d_model,
         n_layers=m.n_layers, d_state=m.d_state, kind=m.kind, layer_kwargs=layer_kwargs,
@@ -113,7 +114,7 @@ class SequenceTask(L.LightningModule):
         seq = np.random.SeedSequence([self.cfg.seed, self.global_step, self.global_rank])
         torch.manual_seed(int(seq.generate_state(1, np.uint64)[0]))
 
-    # ----- sharding: trainer.strategy=fsdp applies FSDP2 here, once the device mesh exists
+    # ----- sharding: trainer.strategy=fsdp or hsdp applies FSDP2 here, once the device mesh exists
     def configure_model(self) -> None:
         from ssm_train.distributed import shard_model
 

@@ -1,0 +1,204 @@
+"""S4D's convolutional mode (ssm_train/nn/conv.py) against obviously-right references: the kernel
+against λ^l summed in float64, the FFT convolution against the sum over j written out, and the
+whole layer against its own recurrence (mode="scan") with the float64 reference scan."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ssm_train.nn import S4D
+from ssm_train.nn.conv import fft_conv, vandermonde_kernel
+from ssm_train.nn.scan import reference_scan
+
+
+def reference_kernel(lam: torch.Tensor, W: torch.Tensor, L: int) -> torch.Tensor:
+    """K_hl = 2 Re Σ_n W_hn λ_hn^l, each power taken directly in complex128."""
+    lam, W = lam.to(torch.complex128), W.to(torch.complex128)
+    return torch.stack([2 * (W * lam**l).real.sum(-1) for l in range(L)], -1) if L else lam.real.new_zeros(len(lam), 0)
+
+
+def reference_conv(u: torch.Tensor, K: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """y_k = Σ_{j≤k} K_{k-j} u_j (or Σ_{j≥k} K_{j-k} u_j), a loop in float64; u [B, L, H], K [H, L]."""
+    u, K = u.double(), K.double()
+    L = u.shape[1]
+    ys = [u[:, :0].sum(1)] if L == 0 else []  # a [B, H] placeholder, sliced away below
+    for k in range(L):
+        js = range(k, L) if reverse else range(k + 1)
+        ys.append(sum((K[:, abs(j - k)] * u[:, j] for j in js), torch.zeros_like(u[:, 0])))
+    return torch.stack(ys, 1)[:, :L]
+
+
+def random_spectrum(H: int, N: int, r_min: float, r_max: float, seed: int, dtype=torch.complex128):
+    g = torch.Generator().manual_seed(seed)
+    r = r_min + (r_max - r_min) * torch.rand(H, N, generator=g, dtype=torch.float64)
+    theta = 2 * math.pi * torch.rand(H, N, generator=g, dtype=torch.float64)
+    W = torch.randn(H, N, generator=g, dtype=torch.complex128)
+    return torch.polar(r, theta).to(dtype), W.to(dtype)
+
+
+# -- the kernel ------------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(H=st.integers(1, 4), N=st.integers(1, 6), L=st.integers(0, 150), r_max=st.sampled_from([0.5, 0.99, 1.0]),
+       seed=st.integers(0, 2**16))
+def test_kernel_equals_the_sum_of_powers(H, N, L, r_max, seed):
+    lam, W = random_spectrum(H, N, 0.0, r_max, seed)
+    K = vandermonde_kernel(lam, W, L)
+    assert K.shape == (H, L) and K.dtype == torch.float64
+    torch.testing.assert_close(K, reference_kernel(lam, W, L), rtol=1e-12, atol=1e-12)
+
+
+def test_kernel_at_zero_and_on_the_unit_circle():
+    lam = torch.tensor([[0.0, 1.0, -1.0, 1j]], dtype=torch.complex128)
+    W = torch.ones_like(lam)
+    K = vandermonde_kernel(lam, W, 5)
+    # l=0: 2(1+1+1+1); then 0 + 1 + (-1)^l + Re(i^l), doubled
+    expect = torch.tensor([[8.0, 2 * (1 - 1 + 0), 2 * (1 + 1 - 1), 2 * (1 - 1 + 0), 2 * (1 + 1 + 1)]], dtype=torch.float64)
+    torch.testing.assert_close(K, expect, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("L", [16384, pytest.param(65536, marks=pytest.mark.slow)])
+def test_kernel_near_the_unit_circle_in_complex64(L):
+    """|λ| = 0.9999 with phases all round the circle: λ^l must not drift (the powers are float64)."""
+    lam, W = random_spectrum(4, 16, 0.9999, 0.9999, seed=3, dtype=torch.complex64)
+    K = vandermonde_kernel(lam, W, L)
+    lam, W = lam.to(torch.complex128), W.to(torch.complex128)  # the same (rounded) λ and W, exactly
+    assert K.dtype == torch.float32
+    ls = torch.arange(L, dtype=torch.float64)
+    exact = 2 * (W[..., None] * torch.exp(torch.log(lam)[..., None] * ls)).real.sum(1)  # float64 at every l
+    scale = 2 * W.abs().sum(-1, keepdim=True)  # |K_l| ≤ 2 Σ|W| |λ|^l
+    err = ((K.double() - exact) / scale).abs().max().item()
+    assert err < 1e-6, err  # measured 7.9e-8 at both lengths
+
+
+# -- the convolution -------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(B=st.integers(1, 3), L=st.integers(0, 70), H=st.integers(1, 4), reverse=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_fft_conv_equals_the_sum(B, L, H, reverse, seed):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(B, L, H, generator=g, dtype=torch.float64)
+    K = torch.randn(H, L, generator=g, dtype=torch.float64)
+    y = fft_conv(u, K, reverse=reverse)
+    assert y.shape == (B, L, H) and y.dtype == torch.float64
+    torch.testing.assert_close(y, reference_conv(u, K, reverse), rtol=1e-10, atol=1e-10)
+
+
+def test_fft_conv_runs_half_precision_inputs_in_float32():
+    u = torch.randn(2, 40, 3)
+    K = torch.randn(3, 40)
+    y = fft_conv(u.bfloat16(), K)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, reference_conv(u.bfloat16().float(), K, False).float(), rtol=1e-4, atol=1e-4)
+
+
+# -- the layer: conv mode equals the recurrence ------------------------------------------------------
+
+
+def pair(seed: int = 0, dtype=torch.float64, **kw) -> tuple[S4D, S4D]:
+    """(conv, scan) S4D layers with the same parameters."""
+    torch.manual_seed(seed)
+    conv = S4D(mode="conv", **kw).to(dtype)
+    scan = S4D(mode="scan", **kw).to(dtype)
+    scan.load_state_dict(conv.state_dict())
+    return conv, scan
+
+
+LAYERS = {
+    "zoh": dict(d_model=5, d_state=4),
+    "bilinear": dict(d_model=5, d_state=4, init="s4d_inv", discretization="bilinear"),
+    "ring": dict(d_model=5, d_state=4, init="ring", init_params={"r_min": 0.99, "r_max": 0.9999}),
+    "reverse": dict(d_model=5, d_state=4, reverse=True),
+}
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_conv_mode_equals_the_recurrence_and_its_gradients(kind):
+    conv, scan = pair(**LAYERS[kind])
+    with torch.no_grad():  # move B, C, D off their init so every parameter matters
+        for p in conv.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    scan.load_state_dict(conv.state_dict())
+    u = torch.randn(3, 57, 5, dtype=torch.float64)
+    g = torch.randn(3, 57, 5, dtype=torch.float64)
+    y_conv, y_scan = conv(u), scan(u)
+    torch.testing.assert_close(y_conv, y_scan, rtol=1e-10, atol=1e-10)
+    (y_conv * g).sum().backward()
+    (y_scan * g).sum().backward()
+    for (name, p), q in zip(conv.named_parameters(), scan.parameters(), strict=True):
+        assert p.grad.abs().sum() > 0, name
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-10, msg=name)
+
+
+def test_conv_mode_gradcheck():
+    conv, _ = pair(d_model=3, d_state=2)
+    u = torch.randn(2, 9, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(conv, (u,))
+    params = tuple(conv.parameters())
+
+    def of_params(*ps):
+        return torch.func.functional_call(conv, dict(zip([n for n, _ in conv.named_parameters()], ps)), (u.detach(),))
+
+    assert torch.autograd.gradcheck(of_params, params)
+
+
+def test_conv_mode_in_float32_matches_the_float64_recurrence_near_the_unit_circle():
+    """|λ| in [0.999, 0.9999] over 16384 steps: the float32 FFT path against the float64 loop."""
+    conv, _ = pair(d_model=4, d_state=8, init="ring", init_params={"r_min": 0.999, "r_max": 0.9999}, dtype=torch.float32)
+    u = torch.randn(1, 16384, 4)
+    with torch.no_grad():
+        y = conv(u).double()
+        lam, B_bar = (t.to(torch.complex128) for t in conv.discrete())
+        x = reference_scan(lam.reshape(-1), (B_bar * u.double()[..., None]).reshape(1, 16384, -1))
+        C = conv.C().to(torch.complex128)
+        exact = 2 * (x.view(1, 16384, 4, 8) * C).real.sum(-1) + conv.D.double() * u.double()
+    err = ((y - exact).abs().max() / exact.abs().max()).item()
+    assert err < 1e-5, err  # measured 2.8e-7
+
+
+def test_conv_mode_step_equals_forward():
+    conv, _ = pair(d_model=5, d_state=4)
+    u = torch.randn(2, 30, 5, dtype=torch.float64)
+    state, ys = None, []
+    with torch.no_grad():
+        for u_t in u.unbind(1):
+            y_t, state = conv.step(u_t, state)
+            ys.append(y_t)
+        torch.testing.assert_close(torch.stack(ys, 1), conv(u), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("weights", [torch.float32, torch.bfloat16])
+def test_conv_mode_runs_in_float32_under_autocast(weights):
+    """The kernel's powers and the FFT are float32 (or wider) under bf16 autocast; with float32
+    weights the result is the one without autocast."""
+    torch.manual_seed(0)
+    layer = S4D(d_model=6, d_state=5, init="ring", init_params={"r_min": 0.99, "r_max": 0.999}).to(weights)
+    u = torch.randn(2, 300, 6)
+    with torch.no_grad():
+        plain = layer(u)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            K = layer.kernel(300)
+            y = layer(u)
+    assert K.dtype == torch.float32 and y.dtype == torch.float32 and torch.isfinite(y).all()
+    if weights == torch.float32:
+        torch.testing.assert_close(y, plain, rtol=1e-6, atol=1e-6)
+
+
+def test_empty_and_single_step_sequences():
+    conv, scan = pair(d_model=3, d_state=2)
+    for L in (0, 1):
+        u = torch.randn(2, L, 3, dtype=torch.float64)
+        torch.testing.assert_close(conv(u), scan(u), rtol=1e-12, atol=1e-12)
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        S4D(4, 2, mode="fft")
