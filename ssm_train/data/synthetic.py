@@ -230,6 +230,13 @@ class SyntheticDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> ResumableDataLoader:
         n = self.cfg.val_batches * self.cfg.batch_size
+        world = _rank_world(None, None)[1]
+        if n < world:  # every rank would get n // world = 0 samples and no metric could be computed
+            from ssm_train.config import ConfigError
+
+            raise ConfigError(f"keys 'data.val_batches' x 'data.batch_size': {self.cfg.val_batches} x "
+                              f"{self.cfg.batch_size} = {n} validation samples cannot be split over {world} ranks; "
+                              f"make data.val_batches at least {-(-world // self.cfg.batch_size)}")
         return self._loader(SyntheticStream(self.cfg, self.seed, n=n, offset=VAL_INDEX_OFFSET))
 
     test_dataloader = val_dataloader

@@ -123,6 +123,19 @@ def test_datamodule_spec_and_batches():
     assert not torch.equal(val[0]["inputs"], batch["inputs"])  # validation draws are disjoint
 
 
+def test_a_validation_set_smaller_than_the_world_is_a_config_error(monkeypatch):
+    from ssm_train.config import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    small = SyntheticDataModule(DataConfig(kind="copy", seq_len=8, lag=2, batch_size=1, val_batches=1), seed=0)
+    with pytest.raises(ConfigError, match=r"'data.val_batches' x 'data.batch_size': 1 x 1 = 1 validation samples "
+                                          r"cannot be split over 4 ranks; make data.val_batches at least 4"):
+        small.val_dataloader()
+    enough = SyntheticDataModule(DataConfig(kind="copy", seq_len=8, lag=2, batch_size=1, val_batches=4), seed=0)
+    assert len(list(enough.val_dataloader())) == 1  # rank 3's one sample of four
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_validation_yields_the_same_batches_on_every_pass(workers):
     dm = SyntheticDataModule(DataConfig(kind="copy", seq_len=8, lag=2, batch_size=2, val_batches=3,
