@@ -6,6 +6,9 @@
     ddp                       replicated model, gradients all-reduced (gloo on CPU, NCCL on GPU)
     fsdp                      FSDP2 through Lightning's ModelParallelStrategy: one ``fully_shard``
                               group per residual block, one for the rest (embedding, final norm, head)
+    hsdp                      hybrid FSDP2: sharded within a node, replicated across nodes (the
+                              parameter all-gathers stay on the node's fast links; gradients are
+                              reduce-scattered within the node and all-reduced across nodes)
     deepspeed_stage_{1,2,3}   DeepSpeed ZeRO through Lightning's DeepSpeedStrategy, with the JSON
     deepspeed_stage_{2,3}_offload   config ``configs/deepspeed/<stage>.json`` (GPU only)
 
@@ -17,7 +20,7 @@ it runs in float32 under any precision because the layers upcast (see ``ssm_trai
 What works where (measured on CPU with gloo, 2 processes; docs/distributed.md):
 
     ddp                    CPU and GPU
-    fsdp                   CPU and GPU (32-true, bf16-mixed; Lightning refuses 16-mixed)
+    fsdp, hsdp             CPU and GPU (32-true, bf16-mixed; Lightning refuses 16-mixed)
     deepspeed_*            GPU only: Lightning's DeepSpeedStrategy refuses the CPU. DeepSpeed itself
                            (``deepspeed.initialize``) runs ZeRO 1-3 on CPU; tests/distributed uses it.
 """
@@ -31,16 +34,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, Strategy
+from lightning.pytorch.utilities import rank_zero_info
 
 from ssm_train.config import Config, ConfigError
 
 if TYPE_CHECKING:
     import lightning as L
     from torch import nn
+    from torch.distributed.device_mesh import DeviceMesh
 
 DEEPSPEED = ("deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3",
              "deepspeed_stage_3_offload")
-STRATEGIES = ("auto", "ddp", "fsdp", *DEEPSPEED)
+STRATEGIES = ("auto", "ddp", "fsdp", "hsdp", *DEEPSPEED)
 PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed")
 DEEPSPEED_CONFIG_DIR = Path("configs") / "deepspeed"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -63,11 +68,11 @@ def build_strategy(cfg: Config) -> Strategy | str:
         return "auto"
     if name == "ddp":
         return DDPStrategy(process_group_backend=backend)
-    if name == "fsdp":
+    if name in ("fsdp", "hsdp"):
         if precision == "16-mixed":  # fp16 needs a sharded gradient scaler, which Lightning does not offer
-            raise ConfigError("key 'trainer.precision': 16-mixed is not supported with trainer.strategy=fsdp; "
+            raise ConfigError(f"key 'trainer.precision': 16-mixed is not supported with trainer.strategy={name}; "
                               "use bf16-mixed or 32-true")
-        return FSDP2Strategy(process_group_backend=backend)
+        return FSDP2Strategy(process_group_backend=backend, hybrid=name == "hsdp")
     if on_cpu(cfg):
         raise ConfigError(f"key 'trainer.strategy': '{name}' needs GPUs (Lightning's DeepSpeedStrategy refuses "
                           "the CPU); on CPU use ddp or fsdp")
@@ -84,41 +89,62 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     Lightning's default mesh is (nodes) x (devices per node) for FSDP across nodes and tensor
     parallelism within; the data here are split by global rank, so the mesh is (world, 1). The
-    sharding itself is :func:`shard_model`, called from the task's ``configure_model`` hook.
+    sharding itself is :func:`shard_model`, called from the task's ``configure_model`` hook, over
+    :attr:`fsdp_mesh`: all ranks (``hybrid=False``), or with ``hybrid=True`` a 2-D mesh
+    (replicate = nodes, shard = devices per node), which FSDP2 runs as HSDP.
     Checkpoints are single files (the full state gathered on rank 0), like those of DDP, so that
     ``last.ckpt``, resume and ``ssm-train export`` work the same under every strategy.
     """
 
-    def __init__(self, process_group_backend: str | None = None) -> None:
+    def __init__(self, process_group_backend: str | None = None, hybrid: bool = False) -> None:
         super().__init__(save_distributed_checkpoint=False, process_group_backend=process_group_backend)
+        self.hybrid = hybrid
+        self._hybrid_mesh: DeviceMesh | None = None
 
     def setup_environment(self) -> None:
         self._data_parallel_size = self.num_nodes * self.num_processes
         self._tensor_parallel_size = 1
         super().setup_environment()
 
+    @property
+    def fsdp_mesh(self) -> DeviceMesh:
+        """The mesh ``fully_shard`` gets: 1-D over every rank, or 2-D (replicate, shard) if hybrid."""
+        if not self.hybrid:
+            return self.device_mesh["data_parallel"]
+        if self._hybrid_mesh is None:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            self._hybrid_mesh = init_device_mesh(self.root_device.type, (self.num_nodes, self.num_processes),
+                                                 mesh_dim_names=("replicate", "shard"))
+        return self._hybrid_mesh
+
 
 def shard_model(task: L.LightningModule) -> None:
     """FSDP2: ``fully_shard`` each residual block, then the backbone (embedding, final norm, head).
 
-    A no-op without a device mesh (every strategy but fsdp) and on a model already sharded
+    A no-op without a device mesh (every strategy but fsdp/hsdp) and on a model already sharded
     (Lightning calls ``configure_model`` again for the validation after fit). One group per block
     means one all-gather per block in forward and one reduce-scatter per block in backward, each
     overlapping the neighbouring block's compute; all parameters of a group are float32, which
-    FSDP2 needs (one flat buffer per group).
+    FSDP2 needs (one flat buffer per group). Under hsdp the mesh is 2-D and every parameter a
+    DTensor placed (Replicate(), Shard(0)).
     """
-    mesh = task.device_mesh
-    if mesh is None:
+    if task.device_mesh is None:
         return
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
     model = task.model
     if isinstance(model, FSDPModule):
         return
-    dp = mesh["data_parallel"]
+    strategy = task.trainer.strategy
+    mesh = strategy.fsdp_mesh if isinstance(strategy, FSDP2Strategy) else task.device_mesh["data_parallel"]
     for block in model.blocks:
-        fully_shard(block, mesh=dp)
-    fully_shard(model, mesh=dp)
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    layout = ", ".join(f"{n}={k}" for n, k in zip(mesh.mesh_dim_names, mesh.shape))
+    placements = ", ".join(map(repr, next(model.parameters()).placements))
+    rank_zero_info(f"FSDP2: {len(model.blocks) + 1} shard groups over the mesh ({layout}), "
+                   f"parameters placed ({placements})")
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """``ssm-train export CKPT OUT``: one consolidated checkpoint for inference on one device.
 
-    CKPT a file     (auto, ddp, fsdp: full state in one file)   the optimizer and loop state are dropped
+    CKPT a file     (auto, ddp, fsdp, hsdp: full state in one file)   the optimizer and loop state are dropped
     CKPT a folder   (deepspeed_*: ZeRO shards, Lightning's layout  ``CKPT/latest`` naming the tag,
                     ``CKPT/<tag>/*_model_states.pt`` and ``*_optim_states.pt``)
                     the fp32 weights are rebuilt from the shards with DeepSpeed's zero_to_fp32

@@ -27,11 +27,13 @@ def test_auto_ddp_and_fsdp_on_cpu_use_gloo():
     ddp = build_strategy(cfg("trainer.accelerator=cpu", "trainer.strategy=ddp"))
     assert type(ddp) is DDPStrategy and ddp.process_group_backend == "gloo"
     fsdp = build_strategy(cfg("trainer.accelerator=cpu", "trainer.strategy=fsdp", "trainer.precision=bf16-mixed"))
-    assert isinstance(fsdp, FSDP2Strategy) and fsdp.process_group_backend == "gloo"
+    assert isinstance(fsdp, FSDP2Strategy) and fsdp.process_group_backend == "gloo" and not fsdp.hybrid
+    hsdp = build_strategy(cfg("trainer.accelerator=cpu", "trainer.strategy=hsdp"))
+    assert isinstance(hsdp, FSDP2Strategy) and hsdp.process_group_backend == "gloo" and hsdp.hybrid
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["trainer.strategy=fsdp1"], "key 'trainer.strategy': 'fsdp1' is not one of auto, ddp, fsdp, deepspeed_stage_1"),
+    (["trainer.strategy=fsdp1"], "key 'trainer.strategy': 'fsdp1' is not one of auto, ddp, fsdp, hsdp, deepspeed_stage_1"),
     (["trainer.precision=bf16"], "key 'trainer.precision': 'bf16' is not one of 32, 32-true, bf16-mixed, 16-mixed"),
     (["trainer.strategy=fsdp", "trainer.precision=16-mixed"], "16-mixed is not supported with trainer.strategy=fsdp"),
     (["trainer.strategy=deepspeed_stage_2", "trainer.accelerator=cpu"], "'deepspeed_stage_2' needs GPUs"),
