@@ -7,8 +7,9 @@ token cross-entropy) on random tokens, at a constant number of tokens per batch 
 for L = 256, 1024, 4096, 16384 (--quick: 256, 1024, 4096, 8192 tokens per batch, 2 timed steps).
 Every model has n_layers = 2 and its natural state size (LRU: N = H; S4D: 32 complex modes per
 channel, the S4D paper's N = 64, as an FFT convolution (s4d) and as its recurrence (s4d_scan);
-selective: N = 16, expand 2; Transformer: head dimension 32); d_model is chosen per model so that
-the parameter counts match the LRU's at d_model = 128 (printed).
+selective: N = 16, expand 2, with the fused selective scan (selective) and with its [B, L, E·N]
+state materialised through linear_scan (selective_scan); Transformer: head dimension 32); d_model
+is chosen per model so that the parameter counts match the LRU's at d_model = 128 (printed).
 
 Columns: median ms per step, training tokens/s, peak memory during the steps (CPU: growth of the
 peak resident set size over the size before the first step, in a fresh process per row; CUDA:
@@ -42,7 +43,7 @@ import torch.nn.functional as F  # noqa: E402
 from ssm_train.nn import Backbone, param_groups  # noqa: E402
 
 VOCAB, N_LAYERS, REFERENCE_D_MODEL = 256, 2, 128
-KINDS = ("lru", "s4d", "s4d_scan", "selective", "transformer")
+KINDS = ("lru", "s4d", "s4d_scan", "selective", "selective_scan", "transformer")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Shape:
     d_state: int  # LRU: N; S4D: complex modes per channel; selective: N; transformer: head dim
     multiple: int  # d_model must be a multiple of this (transformer: the head dimension)
     mode: str | None = None  # S4D: conv (FFT, the default) | scan (the recurrence)
+    selective_backend: str = "auto"  # selective: auto (fused on CPU) | scan (materialised [B, L, E·N])
 
 
 SHAPES = {
@@ -58,6 +60,7 @@ SHAPES = {
     "s4d": Shape("s4d", 32, 8, "conv"),
     "s4d_scan": Shape("s4d", 32, 8, "scan"),
     "selective": Shape("selective", 16, 8),
+    "selective_scan": Shape("selective", 16, 8, selective_backend="scan"),
     "transformer": Shape("transformer", 32, 32),
 }
 
@@ -92,6 +95,7 @@ def rss_bytes() -> int:
 
 def measure(kind: str, d_model: int, L: int, tokens: int, device: str, repeats: int, budget_s: float) -> dict:
     torch.manual_seed(0)
+    os.environ["SSM_TRAIN_SELECTIVE_BACKEND"] = SHAPES[kind].selective_backend
     B = max(1, tokens // L)
     model = build(kind, d_model).to(device)
     opt = torch.optim.AdamW(param_groups(model, lr=1e-3, weight_decay=0.1), lr=1e-3)
@@ -175,14 +179,15 @@ def main() -> None:
     load_before = os.getloadavg()
     print(f"device={args.device} threads={args.threads} tokens/batch={args.tokens} n_layers={N_LAYERS} "
           f"vocab={VOCAB} torch={torch.__version__}")
-    print("model        d_model d_state  params")
+    w = max(12, *map(len, kinds))  # the model column
+    print(f"{'model':<{w}} d_model d_state  params")
     for k in kinds:
         with torch.device("meta"):
             p = n_params(build(k, d_models[k]))
-        print(f"{k:<12} {d_models[k]:>7} {SHAPES[k].d_state:>7} {p:>7,}  ({p / target:.3f}x LRU)")
+        print(f"{k:<{w}} {d_models[k]:>7} {SHAPES[k].d_state:>7} {p:>7,}  ({p / target:.3f}x LRU)")
     print()
 
-    header = (f"{'model':<12} {'L':>6} {'B':>4} | {'ms/step':>9} {'tokens/s':>9} {'peak MB':>8} | "
+    header = (f"{'model':<{w}} {'L':>6} {'B':>4} | {'ms/step':>9} {'tokens/s':>9} {'peak MB':>8} | "
               f"{'x per token vs L/4':>18}")
     print(header)
     print("-" * len(header))
@@ -193,7 +198,7 @@ def main() -> None:
         for L in lengths:
             r = rows[k, L] = run_row(args, k, d_models[k], L)
             g = f"{growth(k, L):.2f}x" if (k, L // 4) in rows else "-"
-            print(f"{k:<12} {L:>6} {r['B']:>4} | {r['ms']:>9.1f} {r['tok_s']:>9.0f} {r['peak'] / 2**20:>8.1f} | {g:>18}",
+            print(f"{k:<{w}} {L:>6} {r['B']:>4} | {r['ms']:>9.1f} {r['tok_s']:>9.0f} {r['peak'] / 2**20:>8.1f} | {g:>18}",
                   flush=True)
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1-minute; "
@@ -202,7 +207,7 @@ def main() -> None:
     print("\ncost growth from L to 4L, time per token ratio (1.00 = linear time; 4.00 = quadratic):")
     for k in kinds:
         steps = [f"{L // 4}->{L}: {growth(k, L):.2f}x" for L in lengths if (k, L // 4) in rows]
-        print(f"  {k:<12} " + ", ".join(steps))
+        print(f"  {k:<{w}} " + ", ".join(steps))
     if ("lru", 1024) in rows and ("lru", 16384) in rows:
         print(f"lru time per token, L=16384 / L=1024: {per_token('lru', 16384) / per_token('lru', 1024):.2f}x "
               "(target <= 1.3x)")

@@ -268,10 +268,10 @@ def _load_cpp() -> str | None:
             try:
                 from torch.utils.cpp_extension import load
 
-                source = Path(__file__).parent / "csrc" / "scan_cpu.cpp"
+                csrc = Path(__file__).parent / "csrc"
                 load(
                     name="ssm_train_scan_cpu",
-                    sources=[str(source)],
+                    sources=[str(csrc / "scan_cpu.cpp"), str(csrc / "selective_scan_cpu.cpp")],
                     extra_cflags=["-O3", "-march=native", "-fopenmp", "-std=c++17"],
                     extra_ldflags=["-fopenmp"],
                     build_directory=str(_build_directory()),
@@ -279,6 +279,7 @@ def _load_cpp() -> str | None:
                     verbose=False,
                 )
                 torch.ops.ssm_train_scan.forward  # noqa: B018  (raises if not registered)
+                torch.ops.ssm_train_selective.forward  # noqa: B018
                 _cpp_state["ok"] = True
             except Exception as exc:  # compiler missing, build error, ...
                 first_line = (str(exc).strip().splitlines() or [""])[0]

@@ -1,5 +1,7 @@
 """Selective SSM, the S6 layer of Mamba (Gu & Dao 2023, "Mamba: linear-time sequence modeling with
-selective state spaces"), run through linear_scan with a time-varying a.
+selective state spaces"), run through `selective_scan` (nn/selective_scan.py): on CPU a fused
+kernel that never materialises the [B, L, d_inner, N] state, elsewhere `linear_scan` with a
+time-varying a.
 
 With E = expand, d_inner = E·H, R = ceil(H/16) and per channel c = 1..d_inner, state n = 1..N:
 
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssm_train.nn.init import at_least_float32, sample_dt
-from ssm_train.nn.scan import linear_scan
+from ssm_train.nn.selective_scan import selective_scan
 
 SELECTIVE_INITS = ("mamba", "s4d_real")  # A must be real and negative: A = -exp(A_log)
 SELECTIVE_INIT_PARAMS = {"dt_min": 1e-3, "dt_max": 1e-1, "dt_init_floor": 1e-4}
@@ -116,15 +118,12 @@ class SelectiveSSM(nn.Module):
         return self._forward(u)
 
     def _forward(self, u: Tensor) -> Tensor:
-        Bsz, L, _ = u.shape
+        L = u.shape[1]
         x, z = self.in_proj(u).chunk(2, dim=-1)
         x = F.silu(self.conv1d(x.transpose(1, 2))[..., :L].transpose(1, 2))  # causal: keep the first L
         dt, B, C = self._selection(x)
         x = at_least_float32(x)
-        a = torch.exp(dt[..., None] * self.A())  # [B, L, d_inner, N]
-        b = dt[..., None] * B[:, :, None, :] * x[..., None]
-        h = linear_scan(a.reshape(Bsz, L, -1), b.reshape(Bsz, L, -1)).view(Bsz, L, self.d_inner, self.d_state)
-        y = (h * C[:, :, None, :]).sum(-1) + self.D * x
+        y = selective_scan(x, dt, self.A(), B, C) + self.D * x
         return self.out_proj(y * F.silu(z))
 
     # -- step ---------------------------------------------------------------------------------------

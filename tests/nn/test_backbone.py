@@ -9,6 +9,7 @@ import ssm_train.nn.selective as selective_module
 from ssm_train.nn import MIXERS, Backbone, Block
 from ssm_train.nn.conv import fft_conv
 from ssm_train.nn.scan import linear_scan
+from ssm_train.nn.selective_scan import selective_scan
 
 V, D_IN, H, N, B, L = 11, 3, 8, 4, 2, 7
 KINDS = ["lru", "real", "s4d", "selective"]
@@ -191,9 +192,14 @@ def test_autocast_runs_recurrences_in_float32(kind, monkeypatch):
         seen.append({u.dtype, K.dtype, y.dtype})
         return y
 
-    for module in (lru_module, s4d_module, selective_module):
+    def selective_spy(x, dt, A, B, C):  # SelectiveSSM's fused scan
+        seen.append({x.dtype, dt.dtype, A.dtype, B.dtype, C.dtype})
+        return selective_scan(x, dt, A, B, C)
+
+    for module in (lru_module, s4d_module):
         monkeypatch.setattr(module, "linear_scan", spy)
     monkeypatch.setattr(s4d_module, "fft_conv", conv_spy)
+    monkeypatch.setattr(selective_module, "selective_scan", selective_spy)
     m, x = model(kind, dtype=torch.float32), data()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = m(x)

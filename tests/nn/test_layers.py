@@ -12,6 +12,7 @@ import ssm_train.nn.s4d as s4d_module
 import ssm_train.nn.selective as selective_module
 from ssm_train.nn import LRU, S4D, SelectiveSSM
 from ssm_train.nn.scan import linear_scan, reference_scan
+from ssm_train.nn.selective_scan import selective_scan
 
 H, N, B, L = 6, 5, 2, 12
 
@@ -114,7 +115,7 @@ def test_reverse_is_forward_on_the_flipped_sequence(kind):
 
 @pytest.fixture
 def scan_dtypes(monkeypatch):
-    """Record the dtypes every layer hands to linear_scan."""
+    """Record the dtypes every layer hands to linear_scan (SelectiveSSM: to selective_scan)."""
     seen, seen_a = [], []
 
     def spy(a, b, h0=None, *, reverse=False):
@@ -122,8 +123,14 @@ def scan_dtypes(monkeypatch):
         seen_a.append(a.detach())
         return linear_scan(a, b, h0, reverse=reverse)
 
-    for module in (lru_module, s4d_module, selective_module):
+    def selective_spy(x, dt, A, B, C):  # the fused scan forms a = exp(Δ A) inside: record Δ A's a
+        seen.append((x.dtype, dt.dtype, A.dtype, B.dtype, C.dtype))
+        seen_a.append(torch.exp(dt[..., None] * A).flatten(2).detach())
+        return selective_scan(x, dt, A, B, C)
+
+    for module in (lru_module, s4d_module):
         monkeypatch.setattr(module, "linear_scan", spy)
+    monkeypatch.setattr(selective_module, "selective_scan", selective_spy)
     return seen, seen_a
 
 

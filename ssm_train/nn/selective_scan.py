@@ -1,0 +1,120 @@
+"""Mamba's selective scan with the discretisation and the read-out fused in:
+
+    h_t,cn = exp(Δ_tc A_cn) h_{t-1},cn + Δ_tc B_tn x_tc,   h_{-1} = 0
+    y_tc   = Σ_n C_tn h_t,cn
+
+x, Δ: [B, L, E]; A: [E, N]; B, C: [B, L, N]; y: [B, L, E] (SelectiveSSM adds D ⊙ x itself).
+
+Backends (``backend=`` argument, or $SSM_TRAIN_SELECTIVE_BACKEND when the argument is "auto"):
+
+* ``cpp``: fused C++ loops (csrc/selective_scan_cpu.cpp); CPU, float32/float64. The state
+  [B, L, E, N] is never written to memory: each work item keeps a block of channels' states in
+  cache, the forward saves them every ``chunk`` steps, and the backward recomputes each chunk
+  from there. Memory O(B·L·(E + N)) instead of O(B·L·E·N). The default on CPU.
+* ``scan``: materialise a = exp(ΔA) and b = Δ B x as [B, L, E·N] and call `linear_scan` (Triton on
+  CUDA, the C++ scan on CPU). The default elsewhere.
+* ``reference``: a loop over time in torch ops (autograd through it); slow, obviously right.
+
+All compute in float32 or wider with autocast off (half precisions are upcast).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ssm_train.nn.scan import _load_cpp, autocast_off, linear_scan
+
+__all__ = ["selective_scan", "reference_selective_scan", "SELECTIVE_BACKENDS"]
+
+SelectiveBackend = Literal["auto", "cpp", "scan", "reference"]
+SELECTIVE_BACKENDS: tuple[str, ...] = ("auto", "cpp", "scan", "reference")
+ENV_SELECTIVE_BACKEND = "SSM_TRAIN_SELECTIVE_BACKEND"
+CHUNK = 64  # steps between saved states: [B, L/64, E, N] kept for the backward
+
+
+def reference_selective_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+    """The equations above as a loop over time, in the promoted dtype of the inputs."""
+    h = x.new_zeros(x.shape[0], x.shape[2], A.shape[1])
+    ys = []
+    for x_t, dt_t, B_t, C_t in zip(x.unbind(1), dt.unbind(1), B.unbind(1), C.unbind(1)):
+        h = torch.exp(dt_t[..., None] * A) * h + (dt_t * x_t)[..., None] * B_t[:, None, :]
+        ys.append((h * C_t[:, None, :]).sum(-1))
+    return torch.stack(ys, 1) if ys else x.new_zeros(x.shape)
+
+
+def _materialised_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+    Bsz, L, E = x.shape
+    N = A.shape[1]
+    a = torch.exp(dt[..., None] * A)  # [B, L, E, N]
+    b = (dt * x)[..., None] * B[:, :, None, :]
+    h = linear_scan(a.reshape(Bsz, L, E * N), b.reshape(Bsz, L, E * N)).view(Bsz, L, E, N)
+    return (h * C[:, :, None, :]).sum(-1)
+
+
+class _FusedSelectiveScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+        y, h_chunks = torch.ops.ssm_train_selective.forward(x, dt, A, B, C, CHUNK)
+        ctx.save_for_backward(x, dt, A, B, C, h_chunks)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):
+        x, dt, A, B, C, h_chunks = ctx.saved_tensors
+        dx, ddt, dA_rows, dB_blocks, dC_blocks = torch.ops.ssm_train_selective.backward(
+            x, dt, A, B, C, h_chunks, g.contiguous().to(x.dtype), CHUNK)
+        return dx, ddt, dA_rows.sum(0), dB_blocks.sum(2), dC_blocks.sum(2)
+
+
+def select_selective_backend(x: Tensor, backend: SelectiveBackend = "auto") -> str:
+    """An explicit argument wins; "auto" defers to $SSM_TRAIN_SELECTIVE_BACKEND, then picks "cpp" on
+    CPU when the C++ kernels build, else "scan"."""
+    if backend not in SELECTIVE_BACKENDS:
+        raise ValueError(f"selective_scan: backend must be one of {SELECTIVE_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        env = os.environ.get(ENV_SELECTIVE_BACKEND, "").strip().lower() or "auto"
+        if env not in SELECTIVE_BACKENDS:
+            raise ValueError(f"${ENV_SELECTIVE_BACKEND}={env!r} is not a backend; valid: {SELECTIVE_BACKENDS}")
+        backend = env  # type: ignore[assignment]
+    if backend == "auto":
+        return "cpp" if x.device.type == "cpu" and _load_cpp() is None else "scan"
+    if backend == "cpp":
+        if x.device.type != "cpu":
+            raise ValueError(f"selective_scan: backend 'cpp' runs on CPU only; x is on {x.device}")
+        error = _load_cpp()
+        if error is not None:
+            raise RuntimeError(f"selective_scan: the C++ kernels did not build: {error}")
+    return backend
+
+
+def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
+    if x.dim() != 3 or dt.shape != x.shape:
+        raise ValueError(f"selective_scan: x and dt must be [B, L, E] alike, got {list(x.shape)} and {list(dt.shape)}")
+    Bsz, L, E = x.shape
+    if A.dim() != 2 or A.shape[0] != E:
+        raise ValueError(f"selective_scan: A must be [E, N] with E = {E}, got {list(A.shape)}")
+    for name, t in (("B", B), ("C", C)):
+        if t.shape != (Bsz, L, A.shape[1]):
+            raise ValueError(f"selective_scan: {name} must be [B, L, N] = {[Bsz, L, A.shape[1]]}, got {list(t.shape)}")
+
+
+def selective_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *,
+                   backend: SelectiveBackend = "auto") -> Tensor:
+    """y_tc = Σ_n C_tn h_t,cn with h_t,cn = exp(Δ_tc A_cn) h_{t-1},cn + Δ_tc B_tn x_tc (see the module)."""
+    _check(x, dt, A, B, C)
+    name = select_selective_backend(x, backend)
+    with autocast_off(x.device.type):
+        dtype = torch.promote_types(torch.promote_types(x.dtype, dt.dtype), torch.promote_types(A.dtype, B.dtype))
+        dtype = torch.promote_types(dtype, C.dtype)
+        dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        x, dt, A, B, C = (t.to(dtype).contiguous() for t in (x, dt, A, B, C))
+        if name == "reference":
+            return reference_selective_scan(x, dt, A, B, C)
+        if name == "scan" or x.shape[1] == 0:
+            return _materialised_scan(x, dt, A, B, C)
+        return _FusedSelectiveScan.apply(x, dt, A, B, C)
