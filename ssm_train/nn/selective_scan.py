@@ -11,8 +11,12 @@ Backends (``backend=`` argument, or $SSM_TRAIN_SELECTIVE_BACKEND when the argume
   [B, L, E, N] is never written to memory: each work item keeps a block of channels' states in
   cache, the forward saves them every ``chunk`` steps, and the backward recomputes each chunk
   from there. Memory O(B·L·(E + N)) instead of O(B·L·E·N). The default on CPU.
+* ``triton``: the same fused design as Triton kernels (selective_scan_triton.py), one program per
+  batch row × 32 channels with the states in registers; CUDA, or CPU under TRITON_INTERPRET=1.
+  Tested through the interpreter and compiled for sm_80/sm_90, but never yet timed on a GPU, so
+  opt-in: ``backend="triton"`` or SSM_TRAIN_SELECTIVE_BACKEND=triton.
 * ``scan``: materialise a = exp(ΔA) and b = Δ B x as [B, L, E·N] and call `linear_scan` (Triton on
-  CUDA, the C++ scan on CPU). The default elsewhere.
+  CUDA, the C++ scan on CPU). The default off CPU.
 * ``reference``: a loop over time in torch ops (autograd through it); slow, obviously right.
 
 All compute in float32 or wider with autocast off (half precisions are upcast).
@@ -21,7 +25,7 @@ All compute in float32 or wider with autocast off (half precisions are upcast).
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Callable, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -30,8 +34,8 @@ from ssm_train.nn.scan import _load_cpp, autocast_off, linear_scan
 
 __all__ = ["selective_scan", "reference_selective_scan", "SELECTIVE_BACKENDS"]
 
-SelectiveBackend = Literal["auto", "cpp", "scan", "reference"]
-SELECTIVE_BACKENDS: tuple[str, ...] = ("auto", "cpp", "scan", "reference")
+SelectiveBackend = Literal["auto", "cpp", "triton", "scan", "reference"]
+SELECTIVE_BACKENDS: tuple[str, ...] = ("auto", "cpp", "triton", "scan", "reference")
 ENV_SELECTIVE_BACKEND = "SSM_TRAIN_SELECTIVE_BACKEND"
 CHUNK = 64  # steps between saved states: [B, L/64, E, N] kept for the backward
 
@@ -55,20 +59,45 @@ def _materialised_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -
     return (h * C[:, :, None, :]).sum(-1)
 
 
+class _Kernels(NamedTuple):
+    forward: Callable[..., tuple[Tensor, Tensor]]
+    backward: Callable[..., tuple[Tensor, ...]]
+
+
 class _FusedSelectiveScan(torch.autograd.Function):
+    """y = selective_scan(x, Δ, A, B, C) through a fused kernel pair (C++ or Triton): the forward
+    keeps the state every CHUNK steps, the backward recomputes from there."""
+
     @staticmethod
-    def forward(ctx, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
-        y, h_chunks = torch.ops.ssm_train_selective.forward(x, dt, A, B, C, CHUNK)
+    def forward(ctx, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, kernels: _Kernels) -> Tensor:
+        y, h_chunks = kernels.forward(x, dt, A, B, C, CHUNK)
         ctx.save_for_backward(x, dt, A, B, C, h_chunks)
+        ctx.kernels = kernels
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: Tensor):
         x, dt, A, B, C, h_chunks = ctx.saved_tensors
-        dx, ddt, dA_rows, dB_blocks, dC_blocks = torch.ops.ssm_train_selective.backward(
+        dx, ddt, dA_rows, dB_blocks, dC_blocks = ctx.kernels.backward(
             x, dt, A, B, C, h_chunks, g.contiguous().to(x.dtype), CHUNK)
-        return dx, ddt, dA_rows.sum(0), dB_blocks.sum(2), dC_blocks.sum(2)
+        return dx, ddt, dA_rows.sum(0), dB_blocks.sum(2), dC_blocks.sum(2), None
+
+
+def _kernels(name: str) -> _Kernels:
+    if name == "cpp":
+        return _Kernels(torch.ops.ssm_train_selective.forward, torch.ops.ssm_train_selective.backward)
+    from ssm_train.nn import selective_scan_triton
+
+    return _Kernels(selective_scan_triton.forward, selective_scan_triton.backward)
+
+
+def _triton_error(x: Tensor) -> str | None:
+    try:
+        from ssm_train.nn import selective_scan_triton
+    except Exception as exc:  # triton missing or broken
+        return f"triton is not importable ({type(exc).__name__}: {exc})"
+    return selective_scan_triton.check_device(x)
 
 
 def select_selective_backend(x: Tensor, backend: SelectiveBackend = "auto") -> str:
@@ -83,6 +112,10 @@ def select_selective_backend(x: Tensor, backend: SelectiveBackend = "auto") -> s
         backend = env  # type: ignore[assignment]
     if backend == "auto":
         return "cpp" if x.device.type == "cpu" and _load_cpp() is None else "scan"
+    if backend == "triton":
+        error = _triton_error(x)
+        if error is not None:
+            raise RuntimeError(f"selective_scan: backend 'triton' requested but {error}")
     if backend == "cpp":
         if x.device.type != "cpu":
             raise ValueError(f"selective_scan: backend 'cpp' runs on CPU only; x is on {x.device}")
@@ -117,4 +150,4 @@ def selective_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *,
             return reference_selective_scan(x, dt, A, B, C)
         if name == "scan" or x.shape[1] == 0:
             return _materialised_scan(x, dt, A, B, C)
-        return _FusedSelectiveScan.apply(x, dt, A, B, C)
+        return _FusedSelectiveScan.apply(x, dt, A, B, C, _kernels(name))
