@@ -166,6 +166,21 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"ssm-train {args.command}: training stopped: {e}", file=sys.stderr)
         return 1
+    finally:
+        release_process_group()
+
+
+def release_process_group() -> None:
+    """Destroy the default process group once the command is done (it owns the process).
+
+    A gloo process group left alive at exit can abort the process in its destructor ("terminate
+    called without an active exception": its worker threads outlive the interpreter; PyTorch asks
+    for destroy_process_group before exit). Under srun one rank aborting that way failed a finished
+    job with status 143 (seen once in four CI runs of the SLURM pre-emption test)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -195,3 +195,22 @@ def test_an_override_after_an_option_reaches_the_config(capsys):
     assert main(["config", "-c", "configs/experiment/default.yaml", "seed=1", "-c",
                  "configs/experiment/default.yaml", "seed=7"]) == 0
     assert "\nseed: 7\n" in "\n" + capsys.readouterr().out
+
+
+def test_the_process_group_is_released_when_the_command_ends(tmp_path, capsys):
+    """A rank that exits with its gloo process group alive can abort at exit (SIGABRT; srun then fails the job);
+    the CLI destroys the group it trained with. Here: a one-rank group set up as a launcher would."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        assert fit(tmp_path, "trainer.strategy=ddp", "trainer.devices=1", "trainer.max_steps=2") == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
