@@ -197,20 +197,32 @@ def test_an_override_after_an_option_reaches_the_config(capsys):
     assert "\nseed: 7\n" in "\n" + capsys.readouterr().out
 
 
-def test_the_process_group_is_released_when_the_command_ends(tmp_path, capsys):
-    """A rank that exits with its gloo process group alive can abort at exit (SIGABRT; srun then fails the job);
-    the CLI destroys the group it trained with. Here: a one-rank group set up as a launcher would."""
-    import socket
+_RELEASE = r"""
+import socket, sys
+import torch.distributed as dist
+from ssm_train.cli import main
 
-    import torch.distributed as dist
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+code = main(["fit", *sys.argv[1:]])
+print("initialized after the command:", dist.is_initialized())
+sys.exit(code)
+"""
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    try:
-        assert fit(tmp_path, "trainer.strategy=ddp", "trainer.devices=1", "trainer.max_steps=2") == 0
-        assert not dist.is_initialized()
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+
+def test_the_process_group_is_released_when_the_command_ends(tmp_path):
+    """A rank that exits with its gloo process group alive can abort at exit (SIGABRT; srun then fails
+    the job); the CLI destroys the group it trained with. Here a one-rank group set up as a launcher
+    would, in a subprocess: Lightning's DDP writes MASTER_PORT, WORLD_SIZE, LOCAL_RANK into the
+    environment, and later multi-rank tests in this process would take them as theirs."""
+    import subprocess
+    import sys
+
+    args = ["-c", str(ROOT / "configs/experiment/default.yaml"), f"runs_dir={tmp_path}", *TINY,
+            "trainer.strategy=ddp", "trainer.devices=1", "trainer.max_steps=2"]
+    proc = subprocess.run([sys.executable, "-c", _RELEASE, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "initialized after the command: False" in proc.stdout
