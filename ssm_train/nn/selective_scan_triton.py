@@ -10,9 +10,10 @@ programs (512 at B = 8, E = 2048) fill the GPU. The forward stores the state ent
 of CHUNK steps.
 
 Backward, per program and chunk in reverse: the chunk's states are recomputed from the stored one
-into a per-program scratch tile ([CHUNK, BLOCK_E, BLOCK_N], L2-resident), then the reverse loop runs
-δh_t = C_t g_t + a_{t+1} δh_{t+1} and forms ∂x, ∂Δ, ∂A, ∂B, ∂C as the C++ kernel does (sums over
-channels per channel block, over time and batch per batch row; the caller adds them up).
+into a per-program scratch tile ([CHUNK, BLOCK_E, BLOCK_N], written and read back within the chunk,
+so mostly served by L2), then the reverse loop runs δh_t = C_t g_t + a_{t+1} δh_{t+1} and forms
+∂x, ∂Δ, ∂A, ∂B, ∂C as the C++ kernel does (sums over channels per channel block, over time and
+batch per batch row; the caller adds them up).
 
 Steps past L (the last chunk's tail) load x = Δ = 0 (a = 1, nothing added) and are not stored;
 channels past E and states past N are masked likewise. float32 or float64 (the accumulator is the
