@@ -30,7 +30,7 @@ from ssm_train.nn import scan as scan_mod  # noqa: E402
 from ssm_train.nn import scan_triton  # noqa: E402
 from ssm_train.nn.scan import linear_scan, reference_scan, select_backend  # noqa: E402
 from ssm_train.nn.scan_triton import ScanConfig, default_config  # noqa: E402
-from tests.nn.scan_checks import assert_close_to  # noqa: E402
+from tests.nn.scan_checks import assert_close_to, compiled_resource_usage  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not scan_triton.INTERPRET,
@@ -324,18 +324,7 @@ def test_kernels_compile_without_spills(capability):
     """The interpreter accepts code the compiler may not (types, layouts, constexpr branches);
     compile every variant for an A100 and an H100 in a process without TRITON_INTERPRET and read the
     cubin's register and stack use (ptxas and cuobjdump ship inside the triton wheel)."""
-    import json
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_KERNELS, str(capability)], capture_output=True, text=True,
-                          env=env, timeout=500)
-    if proc.returncode and "nvidia" in proc.stderr and ("No module" in proc.stderr or "not found" in proc.stderr):
-        pytest.skip(f"this triton build cannot compile for CUDA here: {proc.stderr.strip().splitlines()[-1]}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    usage = json.loads(proc.stdout.strip().splitlines()[-1])
+    usage = compiled_resource_usage(_COMPILE_KERNELS, capability)
     assert len(usage) == 25
     for name, u in usage.items():
         assert u["stack"] == 0, f"sm_{capability} {name} spills: {u}"
