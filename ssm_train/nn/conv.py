@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor
 
+from ssm_train.nn.init import at_least_float32
 from ssm_train.nn.scan import autocast_off
 
 __all__ = ["vandermonde_kernel", "fft_conv"]
@@ -61,7 +62,7 @@ def fft_conv(u: Tensor, K: Tensor, *, reverse: bool = False) -> Tensor:
         return u.new_zeros(B, 0, H)
     n = 1 << (2 * L - 1).bit_length()  # a power of two ≥ 2L - 1
     with autocast_off(u.device.type):
-        u = u.float() if u.dtype in (torch.float16, torch.bfloat16) else u
+        u = at_least_float32(u)
         K_hat = torch.fft.rfft(K.to(u.dtype), n=n)
         if reverse:
             K_hat = K_hat.conj()

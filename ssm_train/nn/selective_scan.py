@@ -24,13 +24,14 @@ All compute in float32 or wider with autocast off (half precisions are upcast).
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
-from ssm_train.nn.scan import _load_cpp, autocast_off, linear_scan
+from ssm_train.nn.scan import _load_cpp, _triton_error, autocast_off, linear_scan
 
 __all__ = ["selective_scan", "reference_selective_scan", "SELECTIVE_BACKENDS"]
 
@@ -92,14 +93,6 @@ def _kernels(name: str) -> _Kernels:
     return _Kernels(selective_scan_triton.forward, selective_scan_triton.backward)
 
 
-def _triton_error(x: Tensor) -> str | None:
-    try:
-        from ssm_train.nn import selective_scan_triton
-    except Exception as exc:  # triton missing or broken
-        return f"triton is not importable ({type(exc).__name__}: {exc})"
-    return selective_scan_triton.check_device(x)
-
-
 def select_selective_backend(x: Tensor, backend: SelectiveBackend = "auto") -> str:
     """An explicit argument wins; "auto" defers to $SSM_TRAIN_SELECTIVE_BACKEND, then picks "cpp" on
     CPU when the C++ kernels build, else "scan"."""
@@ -112,7 +105,7 @@ def select_selective_backend(x: Tensor, backend: SelectiveBackend = "auto") -> s
         backend = env  # type: ignore[assignment]
     if backend == "auto":
         return "cpp" if x.device.type == "cpu" and _load_cpp() is None else "scan"
-    if backend == "triton":
+    if backend == "triton":  # the same import and device check as linear_scan's Triton kernels
         error = _triton_error(x)
         if error is not None:
             raise RuntimeError(f"selective_scan: backend 'triton' requested but {error}")
@@ -142,8 +135,7 @@ def selective_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *,
     _check(x, dt, A, B, C)
     name = select_selective_backend(x, backend)
     with autocast_off(x.device.type):
-        dtype = torch.promote_types(torch.promote_types(x.dtype, dt.dtype), torch.promote_types(A.dtype, B.dtype))
-        dtype = torch.promote_types(dtype, C.dtype)
+        dtype = functools.reduce(torch.promote_types, (t.dtype for t in (x, dt, A, B, C)))
         dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
         x, dt, A, B, C = (t.to(dtype).contiguous() for t in (x, dt, A, B, C))
         if name == "reference":
