@@ -85,13 +85,14 @@ def _offsets(batch, t, d, L, D, IS_COMPLEX: tl.constexpr):
 
 
 @triton.jit
-def _load_chunk(
+def _load_and_scan_chunk(
     a_ptr, x_ptr, batch, start, seg_end, d, d_ok, L, D,
     a_re_c, a_im_c,
     IS_COMPLEX: tl.constexpr, A_VARYING: tl.constexpr, REVERSE: tl.constexpr,
     SHIFT_A: tl.constexpr, CONJ_A: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr,
 ):
-    """The chunk of processing steps [start, start + CHUNK): times t, mask, and the (a, x) tiles.
+    """The chunk of processing steps [start, start + CHUNK): times t, mask, and the chunk's scan
+    (A, X) from a zero state (`_scan_chunk` of its (a, x) tiles).
 
     Processing step i visits time t = i (or L-1-i if REVERSE). With SHIFT_A the coefficient of
     step i is a at the previously processed time (t-1, or t+1 if REVERSE): the backward's conj(a_{t+1}).
@@ -133,7 +134,8 @@ def _load_chunk(
     # rows past the end (or lanes past D) pass the state through: (a, x) = (1, 0)
     a_re = tl.where(m, a_re, 1.0)
     a_im = tl.where(m, a_im, 0.0)
-    return t, m, a_re, a_im, x_re, x_im
+    A_re, A_im, X_re, X_im = _scan_chunk(a_re, a_im, x_re, x_im, IS_COMPLEX)
+    return t, m, A_re, A_im, X_re, X_im
 
 
 @triton.jit
@@ -152,6 +154,16 @@ def _scan_chunk(a_re, a_im, x_re, x_im, IS_COMPLEX: tl.constexpr):
 def _last_row(v, CHUNK: tl.constexpr):
     rows = tl.arange(0, CHUNK)
     return tl.sum(tl.where((rows == CHUNK - 1)[:, None], v, 0.0), axis=0)
+
+
+@triton.jit
+def _program_lanes(D, BLOCK_D: tl.constexpr):
+    """(lane blocks per row, batch row, lanes, lanes < D) of this program: axis 0 of every kernel's
+    grid enumerates batch rows × blocks of BLOCK_D lanes."""
+    pid = tl.program_id(0)
+    n_d = tl.cdiv(D, BLOCK_D)
+    d = (pid % n_d) * BLOCK_D + tl.arange(0, BLOCK_D)
+    return n_d, (pid // n_d).to(tl.int64), d, d < D
 
 
 @triton.jit
@@ -186,12 +198,8 @@ def _scan_kernel(
     2 stores its sum over the segment's steps into grad_a [B, S, D] planar (re, im) partials.
     h_prev = h at the next processed time (the forward's previous step), h0 (HAS_H0) or 0 at the end.
     """
-    pid = tl.program_id(0)
+    n_d, batch, d, d_ok = _program_lanes(D, BLOCK_D)
     seg = tl.program_id(1)
-    n_d = tl.cdiv(D, BLOCK_D)
-    batch = (pid // n_d).to(tl.int64)
-    d = (pid % n_d) * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_ok = d < D
     if HAS_INIT:
         init_off = batch * stride_init_b + seg * stride_init_s + d
         c_re = tl.load(init_re_ptr + init_off, mask=d_ok, other=0.0).to(ACC)
@@ -214,11 +222,10 @@ def _scan_kernel(
     seg_start = seg * seg_len
     seg_end = tl.minimum(seg_start + seg_len, L)
     for start in range(seg_start, seg_end, CHUNK):
-        t, m, a_re, a_im, x_re, x_im = _load_chunk(
+        t, m, A_re, A_im, X_re, X_im = _load_and_scan_chunk(
             a_ptr, x_ptr, batch, start, seg_end, d, d_ok, L, D, a_re_c, a_im_c,
             IS_COMPLEX, A_VARYING, REVERSE, SHIFT_A, CONJ_A, CHUNK, ACC,
         )
-        A_re, A_im, X_re, X_im = _scan_chunk(a_re, a_im, x_re, x_im, IS_COMPLEX)
         # fix-up with the carry: h = X + A·c
         if IS_COMPLEX:
             h_re = X_re + A_re * c_re[None, :] - A_im * c_im[None, :]
@@ -277,12 +284,8 @@ def _summary_kernel(
 ):
     """Pass 1: per segment, (product of a, final state from zero) into sum [4, B, S, D] planar:
     A_re, A_im, X_re, X_im."""
-    pid = tl.program_id(0)
+    n_d, batch, d, d_ok = _program_lanes(D, BLOCK_D)
     seg = tl.program_id(1)
-    n_d = tl.cdiv(D, BLOCK_D)
-    batch = (pid // n_d).to(tl.int64)
-    d = (pid % n_d) * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_ok = d < D
     a_re_c, a_im_c = _load_constant_a(a_ptr, d, d_ok, A_VARYING, IS_COMPLEX, BLOCK_D, ACC)
     p_re = tl.full([BLOCK_D], 1.0, ACC)  # product of a over the chunks so far
     p_im = tl.zeros([BLOCK_D], ACC)
@@ -291,11 +294,10 @@ def _summary_kernel(
     seg_start = seg * seg_len
     seg_end = tl.minimum(seg_start + seg_len, L)
     for start in range(seg_start, seg_end, CHUNK):
-        t, m, a_re, a_im, x_re, x_im = _load_chunk(
+        t, m, A_re, A_im, X_re, X_im = _load_and_scan_chunk(
             a_ptr, x_ptr, batch, start, seg_end, d, d_ok, L, D, a_re_c, a_im_c,
             IS_COMPLEX, A_VARYING, REVERSE, SHIFT_A, CONJ_A, CHUNK, ACC,
         )
-        A_re, A_im, X_re, X_im = _scan_chunk(a_re, a_im, x_re, x_im, IS_COMPLEX)
         Al_re = _last_row(A_re, CHUNK)
         Xl_re = _last_row(X_re, CHUNK)
         if IS_COMPLEX:
@@ -322,12 +324,8 @@ def _carry_kernel(
     IS_COMPLEX: tl.constexpr, HAS_H0: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr,
 ):
     """Pass 2: carry [2, B, S, D] planar, c_0 = h0 (or 0), c_{s+1} = A_s c_s + X_s."""
-    pid = tl.program_id(0)
-    n_d = tl.cdiv(D, BLOCK_D)
+    n_d, batch, d, d_ok = _program_lanes(D, BLOCK_D)
     n_batch = tl.num_programs(0) // n_d
-    batch = (pid // n_d).to(tl.int64)
-    d = (pid % n_d) * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_ok = d < D
     if HAS_H0:
         c_re = tl.load(h0_re_ptr + batch * D + d, mask=d_ok, other=0.0).to(ACC)
         c_im = tl.load(h0_im_ptr + batch * D + d, mask=d_ok, other=0.0).to(ACC)
