@@ -1,8 +1,17 @@
-"""Comparison helpers shared by the scan tests (CPU backends and Triton kernels)."""
+"""Helpers shared by the tests of ssm_train.nn: comparisons, step-by-step decoding, Triton compilation."""
 
 from __future__ import annotations
 
 import torch
+
+
+def run_steps(model, x: torch.Tensor) -> torch.Tensor:
+    """Outputs of ``model.step`` fed x[:, 0], x[:, 1], ... from no state, stacked over time."""
+    state, ys = None, []
+    for x_t in x.unbind(1):
+        y_t, state = model.step(x_t, state)
+        ys.append(y_t)
+    return torch.stack(ys, 1)
 
 
 def assert_close_to(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:

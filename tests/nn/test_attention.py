@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from ssm_train.nn import MIXERS, Backbone, Block
 from ssm_train.nn.attention import CausalSelfAttention, rotary
 from ssm_train.nn.params import param_groups
+from tests.nn.scan_checks import run_steps
 
 H, HD, B, L, V = 16, 4, 2, 9, 13  # 4 heads of dimension 4
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,13 +46,6 @@ def explicit_attention(m: CausalSelfAttention, x: torch.Tensor) -> torch.Tensor:
     weights = scores.masked_fill(future, -math.inf).softmax(-1)
     return m.out((weights @ v).transpose(1, 2).reshape(Bx, T, H))
 
-
-def run_steps(layer, x: torch.Tensor) -> torch.Tensor:
-    state, ys = None, []
-    for x_t in x.unbind(1):
-        y_t, state = layer.step(x_t, state)
-        ys.append(y_t)
-    return torch.stack(ys, 1)
 
 
 # ---------------------------------------------------------------------------------------------

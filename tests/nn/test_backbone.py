@@ -10,6 +10,7 @@ from ssm_train.nn import MIXERS, Backbone, Block
 from ssm_train.nn.conv import fft_conv
 from ssm_train.nn.scan import linear_scan
 from ssm_train.nn.selective_scan import selective_scan
+from tests.nn.scan_checks import run_steps
 
 V, D_IN, H, N, B, L = 11, 3, 8, 4, 2, 7
 KINDS = ["lru", "real", "s4d", "selective"]
@@ -29,13 +30,6 @@ def data(tokens=True, dtype=torch.float64, seed=1, length=L) -> torch.Tensor:
         return torch.randint(0, V, (B, length), generator=g)
     return torch.randn(B, length, D_IN, generator=g, dtype=dtype)
 
-
-def run_steps(m: Backbone, x: torch.Tensor) -> torch.Tensor:
-    state, ys = None, []
-    for x_t in x.unbind(1):
-        y_t, state = m.step(x_t, state)
-        ys.append(y_t)
-    return torch.stack(ys, 1)
 
 
 def test_mixer_registry_has_the_four_kinds():

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from ssm_train.nn import S4D
 from ssm_train.nn.conv import fft_conv, vandermonde_kernel
 from ssm_train.nn.scan import reference_scan
+from tests.nn.scan_checks import run_steps
 
 
 def reference_kernel(lam: torch.Tensor, W: torch.Tensor, L: int) -> torch.Tensor:
@@ -167,12 +168,8 @@ def test_conv_mode_in_float32_matches_the_float64_recurrence_near_the_unit_circl
 def test_conv_mode_step_equals_forward():
     conv, _ = pair(d_model=5, d_state=4)
     u = torch.randn(2, 30, 5, dtype=torch.float64)
-    state, ys = None, []
     with torch.no_grad():
-        for u_t in u.unbind(1):
-            y_t, state = conv.step(u_t, state)
-            ys.append(y_t)
-        torch.testing.assert_close(torch.stack(ys, 1), conv(u), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(run_steps(conv, u), conv(u), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("weights", [torch.float32, torch.bfloat16])

@@ -13,6 +13,7 @@ import ssm_train.nn.selective as selective_module
 from ssm_train.nn import LRU, S4D, SelectiveSSM
 from ssm_train.nn.scan import linear_scan, reference_scan
 from ssm_train.nn.selective_scan import selective_scan
+from tests.nn.scan_checks import run_steps
 
 H, N, B, L = 6, 5, 2, 12
 
@@ -45,13 +46,6 @@ def convolves(layer) -> bool:
     """S4D's conv mode (FFT): causal in exact arithmetic, but every output's rounding sees every input."""
     return getattr(layer, "mode", None) == "conv"
 
-
-def run_steps(layer, u: torch.Tensor) -> torch.Tensor:
-    state, ys = None, []
-    for u_t in u.unbind(1):
-        y_t, state = layer.step(u_t, state)
-        ys.append(y_t)
-    return torch.stack(ys, 1)
 
 
 def test_each_layer_builds_from_d_model_and_d_state_alone():
