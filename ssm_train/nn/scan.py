@@ -31,9 +31,7 @@ is switched off inside the call.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import platform
 import threading
 import warnings
 from pathlib import Path
@@ -41,6 +39,8 @@ from typing import Callable, Literal, NamedTuple
 
 import torch
 from torch import Tensor
+
+from ssm_train.nn import cpp_build
 
 __all__ = ["linear_scan", "reference_scan", "select_backend", "cpp_available", "empty_cache", "BACKENDS", "ENV_BACKEND"]
 
@@ -243,45 +243,35 @@ _cpp_lock = threading.Lock()
 _cpp_state: dict[str, object] = {}  # "ok": bool, "error": str
 
 
+_CSRC = Path(__file__).parent / "csrc"
+# One spec, two ops libraries' worth of sources: torch.ops.ssm_train_scan.* and ssm_train_selective.*
+_CPP_SPEC = cpp_build.BuildSpec(
+    name="ssm_train_scan_cpu",
+    sources=(_CSRC / "scan_cpu.cpp", _CSRC / "selective_scan_cpu.cpp"),
+    extra_cflags=("-O3", "-march=native", "-fopenmp", "-std=c++17"),
+    extra_ldflags=("-fopenmp",),
+)
+
+
 def _build_directory() -> Path:
-    """One build per (machine's CPU flags, torch, python): the build uses -march=native, and a
-    home directory shared across a cluster must not hand one CPU's binary to another."""
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line
-                break
-    except OSError:
-        flags = platform.processor()
-    tag = hashlib.sha1(f"{flags}|{torch.__version__}|{platform.python_version()}".encode()).hexdigest()[:12]
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "ssm_train" / "torch_extensions"
-    path = Path(root) / f"scan_cpu_{tag}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """Where the kernels are built: keyed by source contents, flags, CPU, torch, Python and
+    compiler (see cpp_build), so checkouts and venvs share a build and CPUs do not."""
+    return cpp_build.build_directory(_CPP_SPEC)
 
 
 def _load_cpp() -> str | None:
-    """Build/load the extension once per process; returns None on success, else the error."""
+    """Build/load the extension once per process; returns None on success, else the error.
+
+    Bounded (see cpp_build: $SSM_TRAIN_BUILD_TIMEOUT) and never loads a partial build; the
+    callers turn an error into one fallback warning per process (`select_backend`)."""
     with _cpp_lock:
         if "ok" not in _cpp_state:
             try:
-                from torch.utils.cpp_extension import load
-
-                csrc = Path(__file__).parent / "csrc"
-                load(
-                    name="ssm_train_scan_cpu",
-                    sources=[str(csrc / "scan_cpu.cpp"), str(csrc / "selective_scan_cpu.cpp")],
-                    extra_cflags=["-O3", "-march=native", "-fopenmp", "-std=c++17"],
-                    extra_ldflags=["-fopenmp"],
-                    build_directory=str(_build_directory()),
-                    is_python_module=False,
-                    verbose=False,
-                )
+                cpp_build.load_library(_CPP_SPEC)
                 torch.ops.ssm_train_scan.forward  # noqa: B018  (raises if not registered)
                 torch.ops.ssm_train_selective.forward  # noqa: B018
                 _cpp_state["ok"] = True
-            except Exception as exc:  # compiler missing, build error, ...
+            except Exception as exc:  # compiler missing, build error, lock timeout, ...
                 first_line = (str(exc).strip().splitlines() or [""])[0]
                 _cpp_state["ok"] = False
                 _cpp_state["error"] = f"{type(exc).__name__}: {first_line[:300]}"
