@@ -2,22 +2,30 @@
 
     cfg = load_config(["configs/experiment/default.yaml"], ["model.n_layers=4"])
 
-Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the key and
-what would be valid, before any work starts (the CLI turns that into exit status 2).
+Unknown keys, wrong types and shapes, non-finite numbers, out-of-range values and a model too large
+for this machine's memory raise :class:`ConfigError` naming the key and what would be valid, before
+any work starts (the CLI turns that into exit status 2). A list-valued key (``data.path``) also
+takes a single value. Values read from the environment (``${oc.env:VAR}``) are used by the run but
+written out (``to_dict``, ``to_yaml``: config.yaml, checkpoints, W&B) as that interpolation, never
+as the value, so a secret typed into a config is not logged.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, field
+import os
+import re
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException, ValidationError
+from omegaconf.resolvers import oc
 
-from ssm_train.data.config import DataConfig
+from ssm_train.data.config import DataConfig, data_problems
 
 INCLUDE_KEY = "include"  # a YAML file may list other YAML files (relative to itself) merged first
 
@@ -81,10 +89,10 @@ class TrainerConfig:
     devices: Any = "auto"  # "auto", a count, or a list of indices
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | fsdp | hsdp | deepspeed_stage_{1,2,3}[_offload]
-    gradient_clip_val: float = 1.0
+    gradient_clip_val: float = 1.0  # max gradient norm; 0 = no clipping
     accumulate_grad_batches: int = 1
     val_check_interval: int = 100  # steps between validations
-    limit_val_batches: int = 8
+    limit_val_batches: int = 8  # 0 = no validation
     log_every_n_steps: int = 10
     enable_progress_bar: bool = True
 
@@ -141,23 +149,32 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = ()) -> Conf
     for path in files:
         merged = _merge(merged, _read_yaml(Path(path)), source=str(path))
     merged = _merge(merged, _parse_overrides(overrides), source="command line")
-    cfg: Config = OmegaConf.to_object(merged)
+    cfg = _to_config(merged, source="")
     validate(cfg)
     return cfg
 
 
 def to_dict(cfg: Config) -> dict:
-    """Plain dict (no OmegaConf objects): what checkpoints store, as ``weights_only`` loading needs."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    """Plain dict (no OmegaConf objects): what checkpoints store, as ``weights_only`` loading needs.
+
+    Values that came from the environment are given as their ``${oc.env:VAR}`` interpolation, not
+    as the value: this dict goes into every checkpoint and the W&B config, and a secret (an API
+    key) read from the environment must not be written out. :func:`from_dict` reads it again."""
+    d = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    for path, (text, value) in getattr(cfg, _WRITTEN_AS, {}).items():
+        _write_as(d, path, text, value)
+    return d
 
 
 def from_dict(d: dict) -> Config:
     """Inverse of :func:`to_dict` (for a config read back from a checkpoint or run directory)."""
-    return OmegaConf.to_object(_merge(OmegaConf.structured(Config), OmegaConf.create(d), "stored config"))
+    merged = _merge(OmegaConf.structured(Config), OmegaConf.create(d), "stored config")
+    return _to_config(merged, source="stored config")
 
 
 def to_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """The config as YAML (config.yaml, ``ssm-train config``), with environment values as in :func:`to_dict`."""
+    return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
 
 
 def _read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
@@ -174,10 +191,17 @@ def _read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
     includes = node.pop(INCLUDE_KEY, [])
     if isinstance(includes, str):
         includes = [includes]
+    if not isinstance(includes, ListConfig | list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError(f"{path}: key '{INCLUDE_KEY}': must be a file name or a list of file names, "
+                          f"got {_describe(includes)}")
+    node = _conform(node, str(path))
     merged = OmegaConf.create()
-    for inc in includes:
-        merged = OmegaConf.merge(merged, _read_yaml(path.parent / inc, _seen + (path.resolve(),)))
-    return OmegaConf.merge(merged, node)
+    try:
+        for inc in includes:
+            merged = OmegaConf.merge(merged, _read_yaml(path.parent / inc, _seen + (path.resolve(),)))
+        return OmegaConf.merge(merged, node)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{path}: {_first_line(e)}") from None
 
 
 def _parse_overrides(overrides: list[str]) -> DictConfig:
@@ -191,14 +215,22 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
 
 
 def _merge(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
+    other = _conform(other, source)
     try:
         return OmegaConf.merge(base, other)
     except ConfigKeyError as e:
         raise ConfigError(f"{source}: {_unknown_key_message(e)}") from None
     except ValidationError as e:
-        raise ConfigError(f"{source}: key '{e.full_key}': {e.msg.splitlines()[0]}") from None
+        where = f"key '{e.full_key}': " if e.full_key else ""
+        raise ConfigError(f"{source}: {where}{_first_line(e)}") from None
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{source}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{source}: {_first_line(e)}") from None
+
+
+def _first_line(e: OmegaConfBaseException) -> str:
+    """OmegaConf's message without its 'full_key: ...' trailer (``e.msg`` is None for some errors)."""
+    text = getattr(e, "msg", None) or str(e) or type(e).__name__
+    return text.strip().splitlines()[0]
 
 
 def _unknown_key_message(e: ConfigKeyError) -> str:
@@ -211,6 +243,154 @@ def _unknown_key_message(e: ConfigKeyError) -> str:
     close = difflib.get_close_matches(leaf, valid, n=1)
     hint = f"did you mean '{(parent + '.' if parent else '') + close[0]}'? " if close else ""
     return f"unknown key '{full_key}': {hint}valid keys here: {', '.join(valid)}"
+
+
+# ------------------------------------------------------------------------ shapes: mapping, list
+
+
+def _conform(node: DictConfig, source: str) -> DictConfig:
+    """``node`` with each value shaped as the schema expects, before OmegaConf merges it.
+
+    A section given as a list or a scalar (``model: [1, 2]``) is an error naming the key (the
+    merge itself would fail without one). A list-valued key given one value (``data.path=x.txt``,
+    as everyone writes a single file) becomes a one-element list; ``null`` becomes the empty list."""
+    raw = OmegaConf.to_container(node, resolve=False)
+    return OmegaConf.create(_conform_mapping(_schema(), raw, "", source))
+
+
+def _schema() -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(Config))
+
+
+_REFERENCE = re.compile(r"^\$\{[\w.\[\]]+\}$")  # ${other.key}: may stand for a whole list or section
+
+
+def _conform_mapping(schema: dict, node: dict, prefix: str, source: str) -> dict:
+    out = {}
+    for key, value in node.items():
+        dotted, expected = f"{prefix}{key}", schema.get(key, _NO_KEY) if isinstance(key, str) else _NO_KEY
+        reference = isinstance(value, str) and _REFERENCE.match(value.strip())
+        if isinstance(expected, dict) and isinstance(value, dict):
+            value = _conform_mapping(expected, value, dotted + ".", source)
+        elif isinstance(expected, dict) and not reference:
+            raise ConfigError(f"{source}: key '{dotted}': must be a mapping of keys "
+                              f"({', '.join(sorted(expected))}), got {_describe(value)}")
+        elif isinstance(expected, list) and isinstance(value, dict):
+            raise ConfigError(f"{source}: key '{dotted}': must be a list (or a single value), "
+                              f"got a mapping {_short(value)}")
+        elif isinstance(expected, list) and value is None:
+            value = []
+        elif isinstance(expected, list) and not isinstance(value, list) and not reference:
+            value = [value]
+        out[key] = value  # unknown keys pass through: the merge names them, with a suggestion
+    return out
+
+
+_NO_KEY = object()
+
+
+def _describe(value: Any) -> str:
+    kind = {list: "a list", ListConfig: "a list", dict: "a mapping", DictConfig: "a mapping"}.get(type(value))
+    return f"{kind} {_short(value)}" if kind else f"the value {_short(value)}"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------- environment values: used, not written
+
+
+_WRITTEN_AS = "_written_as"  # on a Config: {leaf path: (text written out, value used)}
+_ENV_MARK = "__ssm_train_env__"
+_MARKED = re.compile(re.escape(_ENV_MARK) + r"(.*?)" + re.escape(_ENV_MARK))
+
+
+def _to_config(merged: DictConfig, source: str) -> Config:
+    """The typed config (interpolations resolved), remembering which values came from the environment."""
+    prefix = f"{source}: " if source else ""
+    try:
+        cfg: Config = OmegaConf.to_object(merged)
+    except InterpolationResolutionError as e:
+        unset = re.search(r"Environment variable '(.+?)' not found", str(e))
+        problem = (f"environment variable {unset.group(1)} not found (it is not set); set it, or give a "
+                   f"default: ${{oc.env:{unset.group(1)},default}}") if unset else _first_line(e)
+        raise ConfigError(f"{prefix}key '{e.full_key}': {problem}") from None
+    except OmegaConfBaseException as e:
+        where = f"key '{e.full_key}': " if getattr(e, "full_key", None) else ""
+        raise ConfigError(f"{prefix}{where}{_first_line(e)}") from None
+    written = _environment_values(merged, OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
+    if written:
+        object.__setattr__(cfg, _WRITTEN_AS, written)  # not a field: equality and the schema ignore it
+    return cfg
+
+
+def _environment_values(merged: DictConfig, resolved: dict) -> dict[tuple, tuple[str, Any]]:
+    """Leaves whose value depends on ``${oc.env:...}`` (directly or through other interpolations):
+    path -> (the value with each variable written as ``${oc.env:VAR}``, the value in use)."""
+    raw = OmegaConf.to_container(merged, resolve=False)
+    if "oc.env" not in repr(raw):
+        return {}
+    OmegaConf.register_resolver("oc.env", _env_marker, replace=True, annotation_validation="off")
+    try:  # resolve once more, each variable read as a marker instead of its value
+        view = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
+    except OmegaConfBaseException:
+        view = raw  # an interpolation the marker cannot pass through: keep every one unresolved
+    finally:
+        OmegaConf.register_resolver("oc.env", oc.env, replace=True, annotation_validation="off")
+    out: dict[tuple, tuple[str, Any]] = {}
+    for path, shown in _leaves(view):
+        if isinstance(shown, str) and (_ENV_MARK in shown or "${" in shown):
+            value, typed = _leaf(resolved, path), _leaf(raw, path)
+            if shown != value:  # as typed if the interpolation is there (defaults kept), else rebuilt
+                text = typed if isinstance(typed, str) and "oc.env" in typed else _MARKED.sub(_unmark, shown)
+                out[path] = (text, value)
+    return out
+
+
+_NO_DEFAULT = object()
+_DEFAULT_SEP = "__default__"
+
+
+def _env_marker(key: str, default: Any = _NO_DEFAULT) -> str:
+    """What ``${oc.env:KEY[,default]}`` resolves to while looking for environment values."""
+    tail = "" if default is _NO_DEFAULT else _DEFAULT_SEP + ("null" if default is None else repr(str(default)))
+    return f"{_ENV_MARK}{key}{tail}{_ENV_MARK}"
+
+
+def _unmark(match: re.Match) -> str:
+    key, _, default = match.group(1).partition(_DEFAULT_SEP)
+    return "${oc.env:" + key + ("," + default if default else "") + "}"
+
+
+def _leaves(node: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
+    if isinstance(node, dict):
+        return [leaf for k, v in node.items() for leaf in _leaves(v, (*path, k))]
+    if isinstance(node, list):
+        return [leaf for i, v in enumerate(node) for leaf in _leaves(v, (*path, i))]
+    return [(path, node)]
+
+
+def _leaf(node: Any, path: tuple) -> Any:
+    for part in path:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return _NO_KEY
+    return node
+
+
+def _write_as(d: dict, path: tuple, text: str, value: Any) -> None:
+    """Put ``text`` where ``value`` is (or, if code changed the value since, where it is quoted)."""
+    parent = _leaf(d, path[:-1])
+    if parent is _NO_KEY or _leaf(d, path) is _NO_KEY:
+        return
+    current = parent[path[-1]]
+    if current == value:
+        parent[path[-1]] = text
+    elif isinstance(current, str) and isinstance(value, str) and value and value in current:
+        parent[path[-1]] = current.replace(value, text)  # e.g. a sweep trial's name-<run id>
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -231,8 +411,9 @@ def validate(cfg: Config) -> None:
     """Semantic checks that types alone cannot express; raise ConfigError naming the key."""
     if cfg.logger.mode is not None:  # the shorthand wins and is folded into its long form
         cfg.logger.wandb.mode = cfg.logger.mode
-    for key, valid in CHOICES.items():
-        _check(_get(cfg, key) in valid, key, f"must be one of {', '.join(valid)}")
+    _check_finite(cfg)  # first: 'nan must be positive' would say the wrong thing
+    for key, valid in {**CHOICES, **_lightning_choices()}.items():
+        _check(_get(cfg, key) in valid, key, f"must be one of {', '.join(valid)}, got {_get(cfg, key)!r}")
     _check_model(cfg.model)
     from ssm_train.data.registry import data_kinds
     from ssm_train.nn.init import INITS
@@ -241,31 +422,54 @@ def validate(cfg: Config) -> None:
     _check(cfg.data.kind in data_kinds(), "data.kind", f"must be one of {', '.join(data_kinds())}")
     for key in ("data.seq_len", "data.batch_size", "trainer.max_steps", "trainer.val_check_interval",
                 "trainer.accumulate_grad_batches", "trainer.num_nodes", "checkpoint.every_n_steps"):
-        _check(_get(cfg, key) > 0, key, "must be positive")
+        _check(_get(cfg, key) > 0, key, f"must be positive, got {_get(cfg, key)}")
     _check(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
-    _check(cfg.optim.lr > 0, "optim.lr", "must be positive")
-    _check(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-    _check(cfg.optim.recurrent_lr_factor > 0, "optim.recurrent_lr_factor", "must be positive")
-    _check(0 <= cfg.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
-    _check(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
-    _check(len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas),
-           "optim.betas", "must be two numbers in [0, 1)")
+    for key, problem in data_problems(cfg.data):
+        _check(False, f"data.{key}", problem)
+    _check_optim(cfg.optim)
+    _check_trainer(cfg.trainer)
     _check(bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."), "name",
            "must be a non-empty directory name without '/'")
     for key in ("data.path", "data.val_path"):
         for pattern in _get(cfg, key):
-            _check(_exists(pattern), key, f"'{pattern}' does not exist (no file matches)")
+            _check(_exists(pattern), key, f"'{pattern}' does not exist (no file matches{_relative_to(pattern)})")
+    _check(cfg.checkpoint.keep >= -1, "checkpoint.keep",
+           f"must be >= -1 (-1 keeps every checkpoint, 0 none), got {cfg.checkpoint.keep}")
     resume = cfg.checkpoint.resume
     if resume not in ("auto", "none"):
         _check(Path(resume).exists(), "checkpoint.resume",  # a file, or a DeepSpeed checkpoint folder
                f"'{resume}' is not a file (nor a DeepSpeed checkpoint folder); use auto, none or a checkpoint path")
+    _check_memory(cfg)
+
+
+def _check_finite(cfg: Any, prefix: str = "") -> None:
+    """Every float in the config is finite: ``inf > 0`` would pass a range check (``optim.lr=inf``)."""
+    for f in fields(cfg):
+        value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if is_dataclass(value):
+            _check_finite(value, key + ".")
+        for v in value if isinstance(value, list | ListConfig) else [value]:
+            if isinstance(v, float):
+                _check(math.isfinite(v), key, f"must be a finite number, got {v}")
+
+
+def _lightning_choices() -> dict[str, tuple[str, ...]]:
+    """What Lightning's Trainer accepts for precision and accelerator (else it raises mid-start)."""
+    try:
+        from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+        from lightning.pytorch.accelerators import AcceleratorRegistry
+    except ImportError:  # another Lightning version: the Trainer checks them itself
+        return {}
+    precisions = (*typing.get_args(_PRECISION_INPUT_STR), *typing.get_args(_PRECISION_INPUT_STR_ALIAS))
+    return {"trainer.precision": precisions,
+            "trainer.accelerator": ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))}
 
 
 def _check_model(m: ModelConfig) -> None:
     for key in ("d_model", "n_layers", "d_state"):
         _check(getattr(m, key) > 0, f"model.{key}", f"must be positive, got {getattr(m, key)}")
-    _check(0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)")
-    _check(m.mlp_ratio > 0, "model.mlp_ratio", "must be positive")
+    _check(0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+    _check(m.mlp_ratio > 0, "model.mlp_ratio", f"must be positive, got {m.mlp_ratio}")
     if m.kind == "real":  # the real arm: phase fixed at 0, so the init must give positive real λ
         _check(m.init.name in ("real", "s4d_real", "mamba"), "model.init.name",
                f"kind=real needs a real init (real, s4d_real, mamba), got '{m.init.name}'")
@@ -280,6 +484,45 @@ def _check_model(m: ModelConfig) -> None:
            f"must be <= model.init.r_max, got r_min={i.r_min} > r_max={i.r_max}")
     _check(i.max_phase >= 0, "model.init.max_phase", "must be >= 0")
     _check(0 < i.dt_min <= i.dt_max, "model.init.dt_min", "must satisfy 0 < dt_min <= dt_max")
+
+
+def _check_optim(o: OptimConfig) -> None:
+    _check(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
+    _check(o.eps > 0, "optim.eps", f"must be positive (AdamW divides by sqrt(v) + eps), got {o.eps}")
+    _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    _check(o.recurrent_lr_factor > 0, "optim.recurrent_lr_factor", f"must be positive, got {o.recurrent_lr_factor}")
+    _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
+    _check(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+           "optim.betas", f"must be two numbers in [0, 1), got {list(o.betas)}")
+
+
+def _check_trainer(t: TrainerConfig) -> None:
+    # a negative max_norm makes clip_grad_norm_ multiply every gradient by a negative factor:
+    # training then climbs the loss and still exits 0
+    _check(t.gradient_clip_val >= 0, "trainer.gradient_clip_val",
+           f"must be >= 0 (a maximum gradient norm; 0 = no clipping), got {t.gradient_clip_val}")
+    _check(t.limit_val_batches >= 0, "trainer.limit_val_batches",
+           f"must be >= 0 (batches per validation; 0 = no validation), got {t.limit_val_batches}")
+    _check(t.log_every_n_steps >= 0, "trainer.log_every_n_steps", f"must be >= 0, got {t.log_every_n_steps}")
+    _check(_valid_devices(t.devices), "trainer.devices",
+           f"must be auto, a positive count, -1 (all), or a non-empty list of distinct device indices "
+           f"(e.g. [0, 1]), got {t.devices!r}")
+
+
+def _valid_devices(d: Any) -> bool:
+    """Lightning's forms: ``auto``, a count >= 1, -1 (all), "0,1", or a list of indices."""
+    if isinstance(d, ListConfig | list | tuple):
+        return (len(d) > 0 and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in d)
+                and len(set(d)) == len(d))
+    if isinstance(d, str):
+        s = d.strip()
+        if s in ("auto", "-1"):
+            return True
+        if "," in s:
+            return _valid_devices([int(p) if p.strip().isdigit() else -2 for p in s.split(",") if p.strip()])
+        return s.isdigit() and int(s) >= 1
+    return isinstance(d, int) and not isinstance(d, bool) and (d >= 1 or d == -1)
 
 
 def _check(ok: bool, key: str, problem: str) -> None:
@@ -298,3 +541,129 @@ def _exists(pattern: str) -> bool:
     import glob
 
     return Path(pattern).exists() or bool(glob.glob(pattern, recursive=True))
+
+
+def _relative_to(pattern: str) -> str:
+    return "" if Path(pattern).is_absolute() else f", relative to the working directory {Path.cwd()}"
+
+
+# ------------------------------------------------------------------------ memory, before any work
+
+GiB = 1 << 30
+
+
+@dataclass
+class MemoryEstimate:
+    """A lower bound on the host memory a run needs (fp32; what is certain, not what is likely).
+
+    Every rank builds the whole model on the CPU before any strategy moves or shards it, so the
+    weights count once per rank on this machine. Training on the CPU adds the gradients and the
+    two AdamW moments (once in all, however sharded) and each rank's activations. On an accelerator
+    those live in device memory, which is not checked here."""
+
+    params: int
+    embedding_params: int  # of params: embedding and LM head (vocabulary x d_model)
+    ranks: int
+    on_cpu: bool
+    activation_bytes: int  # per rank, training on the CPU only
+
+    @property
+    def weight_bytes(self) -> int:
+        return 4 * self.params * self.ranks
+
+    @property
+    def optimizer_bytes(self) -> int:
+        return 12 * self.params if self.on_cpu else 0
+
+    @property
+    def total(self) -> int:
+        return self.weight_bytes + self.optimizer_bytes + self.activation_bytes * self.ranks
+
+
+def estimate_memory(cfg: Config) -> MemoryEstimate:
+    """Count the parameters that every model kind has at least (an MLP per block, an H x N state map),
+    the embedding where the vocabulary is known before the data is read, and the MLP input and hidden
+    activations that backward keeps per token and layer."""
+    m, d = cfg.model, cfg.data
+    hidden = max(1, round(m.mlp_ratio * m.d_model))
+    mlp = (3 if m.mlp == "glu" else 2) * m.d_model * hidden
+    mixer = m.d_model * m.d_state * (2 if m.bidirectional else 1)
+    vocab = _vocab_lower_bound(d)
+    embedding = vocab * m.d_model * (1 if m.tie_weights else 2)
+    params = m.n_layers * (mlp + mixer) + embedding
+    on_cpu = _trains_on_cpu(cfg.trainer.accelerator)
+    tokens = d.batch_size * d.seq_len
+    activations = 4 * tokens * m.n_layers * (hidden + m.d_model) if on_cpu else 0
+    devices = cfg.trainer.devices
+    ranks = devices if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0 else 1
+    return MemoryEstimate(params, embedding, ranks, on_cpu, activations)
+
+
+def _vocab_lower_bound(d: DataConfig) -> int:
+    """The vocabulary where it follows from the config alone; else 0 (the embedding is left out)."""
+    if d.kind == "recall":
+        return d.vocab_size
+    if d.tokenizer == "nucleotide" and d.kind in ("fasta", "labelled"):
+        return 4 ** min(max(d.kmer, 1), 8)
+    if d.tokenizer == "byte" and d.kind in ("text", "labelled"):
+        return 256
+    return 0
+
+
+def _trains_on_cpu(accelerator: str) -> bool:
+    if accelerator == "cpu":
+        return True
+    if accelerator != "auto":
+        return False
+    try:  # Lightning's count is fork-safe (NVML), unlike initialising CUDA here
+        from lightning.fabric.accelerators.cuda import num_cuda_devices
+
+        return num_cuda_devices() == 0
+    except Exception:  # no usable CUDA stack: auto picks the CPU (or MPS: a lower bound still)
+        return True
+
+
+def available_memory() -> int | None:
+    """Bytes this machine can give a new process now (MemAvailable), or None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(cfg: Config) -> None:
+    """A model that cannot fit stops here, naming the keys, instead of as a raw allocator error."""
+    available = available_memory()
+    if available is None:
+        return
+    e = estimate_memory(cfg)
+    if e.total <= available:
+        return
+    key, keys = _memory_culprit(cfg, e)
+    parts = [f"{e.params:.3g} parameters: {e.weight_bytes / GiB:.3g} GiB of weights"
+             + (f" on {e.ranks} ranks" if e.ranks > 1 else "")]
+    if e.on_cpu:
+        parts.append(f"{e.optimizer_bytes / GiB:.3g} GiB of gradients and AdamW state")
+        parts.append(f"{e.activation_bytes * e.ranks / GiB:.3g} GiB of activations")
+    _check(False, key, f"this run needs at least {e.total / GiB:.3g} GiB of memory ({'; '.join(parts)}), but "
+                       f"{available / GiB:.3g} GiB is available on this machine; lower {keys}")
+
+
+def _memory_culprit(cfg: Config, e: MemoryEstimate) -> tuple[str, str]:
+    """The key to name (the largest term's) and the settings that make that term."""
+    m, d = cfg.model, cfg.data
+    if e.activation_bytes * e.ranks > e.weight_bytes + e.optimizer_bytes:
+        return "data.batch_size", (f"data.batch_size={d.batch_size} x data.seq_len={d.seq_len} tokens, "
+                                   f"model.n_layers={m.n_layers}, model.d_model={m.d_model}")
+    if e.embedding_params > e.params - e.embedding_params:
+        key = ("data.vocab_size" if d.kind == "recall"
+               else "data.kmer" if d.tokenizer == "nucleotide" else "data.tokenizer")
+        return key, f"{key}={_get(cfg, key)} (vocabulary) x model.d_model={m.d_model}"
+    return "model.d_model", (f"model.d_model={m.d_model}, model.n_layers={m.n_layers}, "
+                             f"model.mlp_ratio={m.mlp_ratio}, model.d_state={m.d_state}")

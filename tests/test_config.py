@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 
 import pytest
 
-from ssm_train.config import Config, ConfigError, from_dict, load_config, to_dict
+import ssm_train.config as config_module
+from ssm_train.config import Config, ConfigError, estimate_memory, from_dict, load_config, to_dict, to_yaml
 
 
 def write(tmp_path, name: str, text: str):
@@ -97,3 +100,143 @@ def test_real_arm_needs_a_real_init():
     with pytest.raises(ConfigError, match="'model.init.name'.*kind=real needs a real init"):
         load_config([], ["model.kind=real", "model.init.name=ring"])
     assert load_config([], ["model.kind=real", "model.init.name=real"]).model.kind == "real"
+
+
+# --- shapes: a single value for a list, a mapping for a section ------------------------------------
+
+
+def test_a_list_key_takes_a_single_value_in_yaml_and_on_the_command_line(tmp_path):
+    corpus = write(tmp_path, "corpus.txt", "some text\n")
+    assert load_config([], ["data.kind=text", f"data.path={corpus}"]).data.path == [str(corpus)]
+    one = write(tmp_path, "one.yaml", f"data:\n  kind: text\n  path: {corpus}\n  val_path: {corpus}\n")
+    cfg = load_config([one], ["logger.wandb.tags=solo"])
+    assert (cfg.data.path, cfg.data.val_path, cfg.logger.wandb.tags) == ([str(corpus)], [str(corpus)], ["solo"])
+    assert load_config([], ["data.val_records=null"]).data.val_records == []
+    included = write(tmp_path, "inc.yaml", f"include: one.yaml\ndata:\n  path: {corpus}\n")
+    assert load_config([included]).data.path == [str(corpus)]
+
+
+def test_valid_edge_values_stay_accepted():
+    for devices in ("auto", "1", "-1", "[0,1]", "'0,1'", "2"):
+        load_config([], [f"trainer.devices={devices}"])
+    cfg = load_config([], ["trainer.gradient_clip_val=0", "trainer.limit_val_batches=0", "checkpoint.keep=-1"])
+    assert cfg.trainer.gradient_clip_val == 0  # 0 = no clipping
+
+
+@pytest.mark.parametrize("devices", ["0", "-2", "[]", "[0,0]", "[-1]", "true", "'0,0'", "gpus"])
+def test_bad_devices_name_the_key(devices):
+    with pytest.raises(ConfigError, match="'trainer.devices'"):
+        load_config([], [f"trainer.devices={devices}"])
+
+
+def float_keys(node=Config(), prefix="") -> list[str]:
+    """Every float-valued key of the schema (so that a new one is checked without a new test row)."""
+    keys = []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += float_keys(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float):
+            keys.append(prefix + f.name)
+    return keys
+
+
+@pytest.mark.parametrize("key", float_keys())
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_every_float_must_be_finite(key, value):
+    with pytest.raises(ConfigError, match=rf"key '{re.escape(key)}': must be a finite number"):
+        load_config([], [f"{key}={value}"])
+
+
+# --- values from the environment: used by the run, never written out ------------------------------
+
+SECRET = "wandb-s3cr3t-0123456789abcdef"
+
+
+@pytest.fixture
+def secret_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSM_TRAIN_TEST_SECRET", SECRET)
+    monkeypatch.setenv("SSM_TRAIN_TEST_SCRATCH", str(tmp_path))
+    path = write(tmp_path, "secret.yaml", "\n".join([
+        "name: run-${oc.env:SSM_TRAIN_TEST_SECRET}",
+        "runs_dir: ${oc.env:SSM_TRAIN_TEST_SCRATCH}/runs",
+        "logger:",
+        "  wandb:",
+        "    entity: ${oc.env:SSM_TRAIN_TEST_SECRET}",
+        "    group: g-${logger.wandb.entity}",  # reaches the environment through another key
+        "    tags: ['${oc.env:SSM_TRAIN_TEST_SECRET}', plain]",
+        "data:",
+        "  cache_dir: ${oc.env:SSM_TRAIN_TEST_UNSET,/tmp/fallback}",
+        "",
+    ]))
+    return load_config([path], ["model.d_model=8", "model.n_layers=1", "model.d_state=4"])
+
+
+def test_environment_values_are_used_but_not_written_out(secret_config):
+    cfg = secret_config
+    assert (cfg.logger.wandb.entity, cfg.name, cfg.logger.wandb.group) == (SECRET, f"run-{SECRET}", f"g-{SECRET}")
+    assert cfg.logger.wandb.tags == [SECRET, "plain"] and cfg.data.cache_dir == "/tmp/fallback"
+    d, text = to_dict(cfg), to_yaml(cfg)
+    assert SECRET not in repr(d) and SECRET not in text
+    assert d["logger"]["wandb"]["entity"] == "${oc.env:SSM_TRAIN_TEST_SECRET}"
+    assert d["logger"]["wandb"]["group"] == "g-${oc.env:SSM_TRAIN_TEST_SECRET}"
+    assert d["name"] == "run-${oc.env:SSM_TRAIN_TEST_SECRET}" and d["model"]["d_model"] == 8
+    assert d["data"]["cache_dir"] == "${oc.env:SSM_TRAIN_TEST_UNSET,/tmp/fallback}"  # the default is kept
+    assert from_dict(d) == cfg and SECRET not in repr(to_dict(from_dict(d)))  # read back, and written again
+    cfg.name = f"{cfg.name}-abc123"  # code changing a value (a sweep trial's name) keeps it hidden
+    assert to_dict(cfg)["name"] == "run-${oc.env:SSM_TRAIN_TEST_SECRET}-abc123"
+
+
+def test_no_file_of_a_run_holds_an_environment_secret(tmp_path, monkeypatch):
+    """The keys carrying the secret are ones the copy task does not use, so that only the written-out
+    config could leak it (a value the run uses, say as a W&B group, W&B itself records)."""
+    from ssm_train.cli import main
+
+    monkeypatch.setenv("SSM_TRAIN_TEST_SECRET", SECRET)
+    path = write(tmp_path, "secret.yaml", "data:\n  text_field: ${oc.env:SSM_TRAIN_TEST_SECRET}\n"
+                                          "  label_field: pre-${data.text_field}\n")
+    tiny = ["model.d_model=8", "model.n_layers=1", "model.d_state=4", "trainer.max_steps=2",
+            "trainer.val_check_interval=2", "checkpoint.every_n_steps=2", "trainer.limit_val_batches=1",
+            "data.batch_size=2", "data.seq_len=16", "data.val_batches=1", "data.lag=4", "logger.mode=offline",
+            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", f"runs_dir={tmp_path}", "name=s"]
+    assert main(["fit", "-c", str(path), *tiny]) == 0
+    assert "text_field: ${oc.env:SSM_TRAIN_TEST_SECRET}" in (tmp_path / "s" / "config.yaml").read_text()
+    files = [p for p in (tmp_path / "s").rglob("*") if p.is_file()]
+    holding_the_config = [p for p in files if b"text_field" in p.read_bytes()]
+    assert any(p.suffix == ".ckpt" for p in holding_the_config)
+    assert any(p.suffix == ".wandb" for p in holding_the_config)  # W&B's run record, with its config
+    assert not [str(p) for p in files if SECRET.encode() in p.read_bytes()]  # checkpoints, CSV hparams, W&B config
+
+
+def test_a_stored_environment_value_needs_its_variable(monkeypatch):
+    monkeypatch.delenv("SSM_TRAIN_TEST_GONE", raising=False)
+    with pytest.raises(ConfigError, match="key 'logger.wandb.entity': environment variable SSM_TRAIN_TEST_GONE"):
+        from_dict({"logger": {"wandb": {"entity": "${oc.env:SSM_TRAIN_TEST_GONE}"}}})
+
+
+# --- memory: a model that cannot fit is a message, not an allocator error -------------------------
+
+
+def test_memory_estimate_counts_what_is_certain():
+    cfg = load_config([], ["model.d_model=64", "model.n_layers=2", "model.d_state=32", "model.mlp=glu",
+                           "model.mlp_ratio=2", "data.kind=recall", "data.vocab_size=16", "data.seq_len=64",
+                           "data.batch_size=8", "trainer.accelerator=cpu", "trainer.devices=1"])
+    e = estimate_memory(cfg)
+    assert e.params == 2 * (3 * 64 * 128 + 64 * 32) + 2 * 16 * 64 and e.embedding_params == 2 * 16 * 64
+    assert e.activation_bytes == 4 * 8 * 64 * 2 * (128 + 64)
+    assert e.total == 16 * e.params + e.activation_bytes
+    gpu = estimate_memory(load_config([], ["trainer.accelerator=gpu", "model.d_model=64"]))
+    assert gpu.total == 4 * gpu.params  # on a GPU only the model built on the host counts
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["model.d_model=4096", "model.n_layers=8"], "model.d_model"),
+    (["data.batch_size=4096", "data.seq_len=4096", "trainer.accelerator=cpu"], "data.batch_size"),
+    (["data.kind=recall", "data.vocab_size=10000000", "data.n_pairs=4", "data.n_queries=4",
+      "model.d_model=256"], "data.vocab_size"),
+])
+def test_too_large_for_this_machine_names_the_key(monkeypatch, overrides, key):
+    monkeypatch.setattr(config_module, "available_memory", lambda: 2 * 1024**3)  # a 2 GiB machine
+    with pytest.raises(ConfigError, match=rf"key '{key}': this run needs at least .* GiB .* 2 GiB is available"):
+        load_config([], ["trainer.accelerator=cpu", *overrides])
+    load_config([], [])  # the default experiment fits in 2 GiB

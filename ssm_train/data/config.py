@@ -44,3 +44,30 @@ class DataConfig:
     val_records: list[str] = field(default_factory=list)  # FASTA: hold these records out whole
     header_label: str = ""  # labelled FASTA: regex whose group 1 is the label ("" = last header word)
     class_names: list[str] = field(default_factory=list)  # labelled: fixed label map ([] = sorted train labels)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "n_policy": ("keep", "skip"),
+    "window_sampling": ("random", "tiled"),
+    "text_document": ("paragraph", "line", "file"),
+}
+TOKENIZERS = "byte | char | char:<saved .json> | nucleotide | hf:<path to tokenizer.json>"
+
+
+def data_problems(cfg: DataConfig) -> list[tuple[str, str]]:
+    """(key under ``data.``, what is wrong) for values no data module could use; checked when the
+    config is loaded, so that ``ssm-train config`` reports them too, not only a started run."""
+    problems = [(key, f"must be one of {', '.join(valid)}, got {getattr(cfg, key)!r}")
+                for key, valid in CHOICES.items() if getattr(cfg, key) not in valid]
+    tok = cfg.tokenizer
+    if tok not in ("byte", "char", "nucleotide") and not tok.startswith(("char:", "hf:")):
+        problems.append(("tokenizer", f"must be {TOKENIZERS}, got {tok!r}"))
+    if not 0 <= cfg.val_fraction < 1:
+        problems.append(("val_fraction", f"must be in [0, 1) (the held-out fraction), got {cfg.val_fraction}"))
+    if not 0 <= cfg.max_n_fraction <= 1:
+        problems.append(("max_n_fraction", f"must be a fraction in [0, 1], got {cfg.max_n_fraction}"))
+    if not 1 <= cfg.kmer <= 8:
+        problems.append(("kmer", f"must be in 1..8 (the nucleotide tokenizer's k-mer size), got {cfg.kmer}"))
+    if cfg.shuffle_buffer < 0:
+        problems.append(("shuffle_buffer", f"must be >= 0 (0 = file order), got {cfg.shuffle_buffer}"))
+    return problems

@@ -23,14 +23,19 @@ shorter than one window are skipped (their count is logged).
 windows whose fraction of N exceeds ``max_n_fraction`` (tiled: from the table of windows, so every
 rank agrees on the count; random: the draw is repeated). ``reverse_complement`` flips each training
 window with probability 1/2 (again by hash). Validation is the last ``val_fraction`` of every
-record, or whole records (``val_records``), or the files in ``val_path``, always tiled.
+record, or whole records (``val_records``), or the files in ``val_path``, always tiled. When no
+record's tail holds one window (many short records, e.g. 2 kb upstream regions with a 5% tail
+of 100 bases), whole records are held out instead, evenly spread in file order, until they hold
+at least ``val_fraction`` of the bases (logged in one line), so an experiment runs unchanged on
+another corpus.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,6 +185,9 @@ class Regions:
     start: np.ndarray
     length: np.ndarray
     name: list[str]
+    # a tail split made before the window length was known: FastaWindows calls it with the span,
+    # and it gives these regions, or whole records if no tail holds a window (split_regions)
+    settle: Callable[[int], Regions] | None = None
 
     @classmethod
     def build(cls, rows: list[tuple[int, int, int, str]]) -> Regions:
@@ -191,9 +199,17 @@ class Regions:
 
 
 def split_regions(
-    files: Sequence[FastaFile], *, val_fraction: float, val_records: Sequence[str] = ()
+    files: Sequence[FastaFile],
+    *,
+    val_fraction: float,
+    val_records: Sequence[str] = (),
+    span: int | None = None,
 ) -> tuple[Regions, Regions]:
-    """(train, validation): whole records named in ``val_records``, else each record's tail."""
+    """(train, validation): whole records named in ``val_records``, else each record's tail.
+
+    The tail split needs some record's validation tail to hold a window of ``span`` bases; where none
+    does, whole records are held out instead (:func:`hold_out_records`). Without ``span`` the
+    decision is left to :class:`FastaWindows`, which knows the window (``Regions.settle``)."""
     if not 0 <= val_fraction < 1:
         raise DataError(f"data.val_fraction={val_fraction}; expected 0 <= val_fraction < 1")
     names = {r["name"] for f in files for r in f.records}
@@ -201,17 +217,88 @@ def split_regions(
     if missing:
         shown = ", ".join(sorted(names)[:10])
         raise DataError(f"data.val_records: no record named {', '.join(map(repr, missing))} (records: {shown})")
+    if val_records:
+        rows = [(i, r["offset"], r["length"], r["name"]) for i, f in enumerate(files) for r in f.records]
+        return (Regions.build([row for row in rows if row[3] not in val_records]),
+                Regions.build([row for row in rows if row[3] in val_records]))
+    if span is not None:
+        return _settled(files, val_fraction, span, quiet=False)
+    train, val = _tail_split(files, val_fraction)
+    train.settle = functools.partial(_settle, files, val_fraction, role=0)
+    val.settle = functools.partial(_settle, files, val_fraction, role=1)
+    return train, val
+
+
+def _tail_split(files: Sequence[FastaFile], val_fraction: float) -> tuple[Regions, Regions]:
     train, val = [], []
     for i, f in enumerate(files):
         for r in f.records:
             off, n, name = r["offset"], r["length"], r["name"]
-            if val_records:
-                (val if name in val_records else train).append((i, off, n, name))
-            else:
-                cut = n - int(round(n * val_fraction))
-                train.append((i, off, cut, name))
-                val.append((i, off + cut, n - cut, name))
+            cut = n - int(round(n * val_fraction))
+            train.append((i, off, cut, name))
+            val.append((i, off + cut, n - cut, name))
     return Regions.build(train), Regions.build(val)
+
+
+def _settle(files: Sequence[FastaFile], val_fraction: float, span: int, role: int) -> Regions:
+    """One side (0 train, 1 validation) of the split for windows of ``span`` bases; FastaWindows
+    settles both sides alike, and only the validation side logs a hold-out, so it is said once."""
+    return _settled(files, val_fraction, span, quiet=role == 0)[role]
+
+
+def _settled(files: Sequence[FastaFile], val_fraction: float, span: int, quiet: bool) -> tuple[Regions, Regions]:
+    train, val = _tail_split(files, val_fraction)
+    if val_fraction == 0 or (len(val) and int(val.length.max()) >= span):
+        return train, val
+    return hold_out_records(files, val_fraction=val_fraction, span=span, quiet=quiet)
+
+
+def hold_out_records(
+    files: Sequence[FastaFile], *, val_fraction: float, span: int, quiet: bool = False
+) -> tuple[Regions, Regions]:
+    """(train, validation) of whole records: the records holding a window, taken evenly spread in
+    file order (one whenever validation falls half a record behind its share of the bases seen so
+    far), then the last ones, until validation holds at least ``val_fraction`` of their bases.
+
+    Deterministic (no seed: every rank and every restart agree) and independent of record names.
+    At least one such record stays in training; records shorter than a window stay there too
+    (FastaWindows skips them)."""
+    rows = [(i, r["offset"], r["length"], r["name"]) for i, f in enumerate(files) for r in f.records]
+    usable = [j for j, row in enumerate(rows) if row[2] >= span]
+    longest_tail = max((int(round(n * val_fraction)) for _, _, n, _ in rows), default=0)
+    if len(usable) < 2:
+        raise DataError(
+            f"data.val_fraction={val_fraction}: no record's tail holds a window of {span} bases (longest "
+            f"tail: {longest_tail}) in {', '.join(str(f.path) for f in files)}, and {len(usable)} record(s) "
+            "hold a window, too few to hold one out whole; "
+            "use a shorter data.seq_len, give data.val_path or data.val_records, or set data.val_fraction=0"
+        )
+    total = sum(rows[j][2] for j in usable)
+    held: set[int] = set()
+    held_bases = seen = 0
+    for j in usable:
+        seen += rows[j][2]
+        if held_bases + rows[j][2] / 2 <= val_fraction * seen and len(held) < len(usable) - 1:
+            held.add(j)
+            held_bases += rows[j][2]
+    for j in reversed(usable):  # top up from the end until the share is reached
+        if held_bases >= val_fraction * total or len(held) >= len(usable) - 1:
+            break
+        if j not in held:
+            held.add(j)
+            held_bases += rows[j][2]
+    if len(held) == 0:
+        held.add(usable[-1])
+        held_bases += rows[usable[-1]][2]
+    if not quiet:
+        log.warning(
+            "fasta: no record's tail (data.val_fraction=%g of each) holds a window of %d bases (longest tail: "
+            "%d); validation holds out %d of %d whole records instead (%.1f%% of their bases, spread evenly "
+            "in file order; data.val_records names the records to hold out)",
+            val_fraction, span, longest_tail, len(held), len(usable), 100 * held_bases / total,
+        )
+    return (Regions.build([row for j, row in enumerate(rows) if j not in held]),
+            Regions.build([row for j, row in enumerate(rows) if j in held]))
 
 
 def whole_records(files: Sequence[FastaFile]) -> Regions:
@@ -269,6 +356,8 @@ class FastaWindows(ShardedStream):
         self.span, self.stride = (seq_len + 1) * self.k, seq_len * self.k
         self.max_n = int(np.floor(max_n_fraction * self.span + 1e-9)) if n_policy == "skip" else self.span
         self.reverse_complement = reverse_complement
+        if regions.settle is not None:  # a tail split: its tails, or whole records if none holds a window
+            regions = regions.settle(self.span)
 
         fits = regions.length >= self.span
         if not fits.any():

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 import ssm_train.data.fasta as fasta
-from ssm_train.data.fasta import FastaWindows, Regions, load_fasta, split_regions, whole_records
+from ssm_train.data.fasta import FastaWindows, Regions, hold_out_records, load_fasta, split_regions, whole_records
 from ssm_train.data.streaming import ArrayWriter, DataError
 from ssm_train.data.tokenizers import NucleotideTokenizer, reverse_complement
 
@@ -208,6 +208,59 @@ def test_validation_is_each_records_tail_or_named_records(two_records):
     assert val.length.tolist() == [1000]
     with pytest.raises(DataError, match="no record named 'chrZ'"):
         split_regions([f], val_fraction=0.1, val_records=["chrZ"])
+
+
+@pytest.fixture
+def upstream_regions(tmp_path, cache_dir):
+    """Many short records (2 kb upstream regions, a few shorter ones): a 5% tail is 100 bases."""
+    rng = np.random.default_rng(1)
+    lengths = [2000] * 37 + [300, 2500, 1800]
+    text = "".join(f">up{i} upstream\n{''.join(rng.choice(list('ACGT'), n))}\n" for i, n in enumerate(lengths))
+    (tmp_path / "upstream.fa").write_text(text)
+    return load_fasta(tmp_path / "upstream.fa", cache_dir), lengths
+
+
+def test_short_records_hold_out_whole_records(upstream_regions, caplog):
+    f, lengths = upstream_regions
+    span = 513  # seq_len 512: longer than any 5% tail
+    train, val = split_regions([f], val_fraction=0.05, span=span)
+    assert "validation holds out 2 of 39 whole records instead" in caplog.text
+    names = [r["name"] for r in f.records]
+    assert set(train.name).isdisjoint(val.name) and sorted(train.name + val.name) == sorted(names)
+    assert all(n >= span for n in val.length.tolist())  # only records that hold a window
+    usable = sum(n for n in lengths if n >= span)
+    assert val.length.sum() >= 0.05 * usable and len(val) < 0.1 * len(lengths)
+    assert val.name == ["up9", "up29"]  # spread in file order, the same on every rank and restart
+    assert train.length.tolist() == [n for n, name in zip(lengths, names) if name not in val.name]
+    again = hold_out_records([f], val_fraction=0.05, span=span, quiet=True)
+    assert again[1].name == val.name and "up9" not in again[0].name
+
+
+def test_windows_settle_a_tail_split_on_whole_records_once(upstream_regions, caplog):
+    f, _ = upstream_regions
+    train, val = split_regions([f], val_fraction=0.05)  # as the data module calls it: no window yet
+    assert val.length.max() == 125  # the tails: none holds a window of 513 bases
+    t = windows([f], train, seq_len=512, sampling="tiled")
+    v = windows([f], val, seq_len=512, sampling="tiled", shuffle=False)
+    assert v.regions.name == ["up9", "up29"] and not set(t.regions.name) & {"up9", "up29"}
+    assert caplog.text.count("whole records instead") == 1  # said once, by the validation side
+    assert v.n_items == 3 + 3  # tiles of two 2000-base records at stride 512
+    short = windows([f], split_regions([f], val_fraction=0.05)[1], seq_len=64, sampling="tiled", shuffle=False)
+    assert short.regions.name[:2] == ["up0", "up1"] and short.regions.length[0] == 100  # tails hold windows
+
+
+def test_an_experiment_runs_unchanged_on_many_short_records(upstream_regions, tmp_path, capsys):
+    from ssm_train.cli import main
+
+    f, _ = upstream_regions
+    experiment = Path(__file__).resolve().parents[2] / "configs" / "experiment" / "dna_ecoli.yaml"
+    tiny = ["model.d_model=8", "model.n_layers=1", "model.d_state=4", "data.batch_size=2", "trainer.max_steps=2",
+            "trainer.val_check_interval=2", "checkpoint.every_n_steps=2", "trainer.limit_val_batches=1",
+            "logger.mode=disabled", "trainer.enable_progress_bar=false", f"runs_dir={tmp_path / 'runs'}"]
+    code = main(["fit", "-c", str(experiment), f"data.path={f.path}", f"data.cache_dir={tmp_path / 'c'}", *tiny])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "final val/" in out and "at step 2 " in out
 
 
 def test_random_windows_resume_exactly(ecoli):
