@@ -22,6 +22,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -55,14 +56,40 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="sample from a trained language model")
     g.add_argument("--ckpt", required=True)
     g.add_argument("--prompt", required=True, help="text (or space-separated ids without tokenizer)")
-    g.add_argument("--max-new-tokens", type=int, default=200)
-    g.add_argument("--temperature", type=float, default=0.8)
-    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--max-new-tokens", type=_count(1), default=200, help="at least 1")
+    g.add_argument("--temperature", type=_number(0.0), default=0.8, help=">= 0; 0 is greedy decoding")
+    g.add_argument("--top-k", type=_count(0), default=0, help="keep the k most likely tokens; 0 keeps all")
     g.add_argument("--seed", type=int, default=0)
     sweep.add_parser(sub)
     export.add_parser(sub)
     reproduce.add_parser(sub)
     return p
+
+
+def _count(least: int):
+    """An argparse type: an integer >= ``least`` (argparse names the option and exits 2 otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
+        return value
+    return parse
+
+
+def _number(least: float):
+    """An argparse type: a finite number >= ``least``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not math.isfinite(value) or value < least:
+            raise argparse.ArgumentTypeError(f"must be a finite number >= {least}, got {text}")
+        return value
+    return parse
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -100,8 +127,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from ssm_train.generate import load_backbone, sample
 
-    if not Path(args.ckpt).is_file():
-        raise ConfigError(f"--ckpt: '{args.ckpt}' is not a file")
+    if not Path(args.ckpt).exists():
+        raise ConfigError(f"--ckpt: '{args.ckpt}' does not exist")
+    if not args.prompt:
+        raise ConfigError("--prompt: empty; generation starts from at least one character (or token id)")
     model, _, spec = load_backbone(args.ckpt)
     if spec["task"] != "lm":
         raise ConfigError(f"--ckpt: '{args.ckpt}' is a '{spec['task']}' model; generate needs a language model")
@@ -116,6 +145,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
             prompt = torch.tensor([int(t) for t in args.prompt.split()], dtype=torch.long)
         except ValueError:
             raise ConfigError("--prompt: this model has no tokenizer; give space-separated token ids") from None
+    vocab = spec["vocab_size"]
+    if prompt.numel() == 0 or not bool(((prompt >= 0) & (prompt < vocab)).all()):
+        raise ConfigError(f"--prompt: {args.prompt!r} gives no usable tokens; this model reads token ids "
+                          f"0..{vocab - 1}" + (" (through its tokenizer)" if tokenizer else ""))
     generator = torch.Generator().manual_seed(args.seed)
     out = sample(model, prompt, args.max_new_tokens, args.temperature, args.top_k, generator)
     print(args.prompt + tokenizer.decode(out.numpy(), skip_special=True) if tokenizer else " ".join(map(str, out.tolist())))

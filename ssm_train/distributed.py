@@ -76,9 +76,9 @@ def build_strategy(cfg: Config) -> Strategy | str:
     if on_cpu(cfg):
         raise ConfigError(f"key 'trainer.strategy': '{name}' needs GPUs (Lightning's DeepSpeedStrategy refuses "
                           "the CPU); on CPU use ddp or fsdp")
-    from lightning.pytorch.strategies import DeepSpeedStrategy
+    from ssm_train.checkpoint import atomic_deepspeed_strategy
 
-    return DeepSpeedStrategy(config=deepspeed_config(name), process_group_backend=backend)
+    return atomic_deepspeed_strategy(config=deepspeed_config(name), process_group_backend=backend)
 
 
 # ------------------------------------------------------------------------------------------ FSDP2
@@ -216,17 +216,3 @@ def deepspeed_config(name: str) -> dict:
     if config.get("zero_optimization", {}).get("stage") != stage:
         raise ConfigError(f"{path}: zero_optimization.stage must be {stage} for trainer.strategy={name}")
     return config
-
-
-def checkpoint_mtime(path: Path) -> float | None:
-    """When the checkpoint at ``path`` was last written; None if there is none.
-
-    A checkpoint is a file (auto, ddp, fsdp) or a DeepSpeed folder, whose ``latest`` file every save
-    rewrites (the folder's own mtime changes only when an entry is added, not when one is rewritten).
-    """
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_mtime
-    if (path / "latest").is_file():
-        return (path / "latest").stat().st_mtime
-    return None

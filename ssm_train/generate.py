@@ -7,19 +7,21 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ssm_train import checkpoint
 from ssm_train.config import from_dict
 from ssm_train.nn import Backbone
 from ssm_train.tasks.base import build_backbone
 
 
-def load_backbone(ckpt_path: str | Path, map_location: str = "cpu") -> tuple[Backbone, dict, dict]:
-    """(model in eval mode, config dict, data spec dict) from a Lightning checkpoint, safely loaded."""
-    ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
-    hp = ckpt.get("hyper_parameters")
-    if not hp or "config" not in hp or "spec" not in hp:
-        raise ValueError(f"{ckpt_path}: not an ssm-train checkpoint (no hyper_parameters.config/spec)")
+def load_backbone(ckpt_path: str | Path) -> tuple[Backbone, dict, dict]:
+    """(model in eval mode, config dict, data spec dict) from a Lightning checkpoint, safely loaded.
+
+    A damaged, foreign or mismatched checkpoint is a CheckpointError saying what is wrong with it."""
+    ckpt = checkpoint.load(ckpt_path)
+    hp = checkpoint.hyper_parameters(ckpt, ckpt_path)
     model = build_backbone(from_dict(hp["config"]), hp["spec"])
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    checkpoint.check_fits(ckpt_path, state, model.state_dict())
     model.load_state_dict(state)
     return model.eval(), hp["config"], hp["spec"]
 

@@ -2,6 +2,7 @@
 
 The run directory ``<runs_dir>/<name>/`` holds everything of one run::
 
+    .lock              held by the run that is training here (ssm_train/run_lock.py)
     config.yaml        the resolved config (also stored inside every checkpoint, as a plain dict)
     checkpoints/       last.ckpt (every checkpoint.every_n_steps and at the end), best-*.ckpt
     hpc_ckpt_*.ckpt    written at a step boundary on SLURM's pre-emption signal (distributed.py)
@@ -13,8 +14,10 @@ The run directory ``<runs_dir>/<name>/`` holds everything of one run::
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,23 +26,51 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Th
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from ssm_train import checkpoint
 from ssm_train.callbacks import SpectrumPlot
+from ssm_train.checkpoint import AtomicCheckpointIO, CheckpointError, atomic_write_text, checkpoint_mtime
 from ssm_train.config import Config, ConfigError, to_dict, to_yaml
 from ssm_train.data.registry import build_datamodule
-from ssm_train.distributed import build_strategy, checkpoint_mtime
+from ssm_train.distributed import DEEPSPEED, build_strategy
 from ssm_train.loggers import RestartableCSVLogger
+from ssm_train.run_lock import hold_run_dir
 from ssm_train.slurm import build_plugins, slurm_callbacks, slurm_topology
 from ssm_train.tasks import TASKS, SequenceTask
 from ssm_train.tasks.base import spec_to_dict
 
 
 def prepare_run_dir(cfg: Config) -> Path:
+    """Create the run directory and write its config.yaml; exit 2 (ConfigError) if it cannot be written."""
     run_dir = cfg.run_dir
-    for sub in ("checkpoints", "plots"):
-        (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    if is_rank_zero():
-        _atomic_write(run_dir / "config.yaml", to_yaml(cfg))
+    try:
+        for sub in ("checkpoints", "plots"):
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        checkpoint_dir(cfg).mkdir(parents=True, exist_ok=True)
+        if is_rank_zero():
+            atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    except OSError as e:
+        key = "checkpoint.dir" if cfg.checkpoint.dir and Path(e.filename or "").is_relative_to(
+            Path(cfg.checkpoint.dir)) else "runs_dir"
+        raise ConfigError(f"key '{key}': cannot write to {e.filename or run_dir}: {e.strerror or e} "
+                          "(a read-only or full filesystem?); give a writable runs_dir") from None
     return run_dir
+
+
+def check_free_space(cfg: Config, task: SequenceTask) -> None:
+    """Refuse to start when the checkpoint folder cannot hold the checkpoints this run will write.
+
+    A checkpoint holds the weights and AdamW's two moments (3x the parameter bytes); the folder
+    holds last.ckpt, ``checkpoint.keep`` best ones, and during a save one temp file beside them.
+    """
+    per_checkpoint = 3 * sum(p.numel() * p.element_size() for p in task.parameters()) + (256 << 10)
+    folder = checkpoint_dir(cfg)
+    existing = sum(p.stat().st_size for p in folder.glob("*.ckpt") if p.is_file())
+    need = (cfg.checkpoint.keep + 2) * per_checkpoint - existing
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise ConfigError(f"key 'runs_dir': {folder} has {free / 2**20:.1f} MiB free, but this run's checkpoints "
+                          f"need about {need / 2**20:.1f} MiB ({cfg.checkpoint.keep + 2} x "
+                          f"{per_checkpoint / 2**20:.1f} MiB); free some space or give another runs_dir")
 
 
 def checkpoint_dir(cfg: Config) -> Path:
@@ -61,15 +92,32 @@ def build_data_and_task(cfg: Config) -> tuple[L.LightningDataModule, SequenceTas
 
 
 def resume_path(cfg: Config) -> str | None:
-    """``checkpoint.resume``: none, a path, or auto = the newest of last.ckpt and SLURM's hpc_ckpt_*."""
+    """``checkpoint.resume``: none, a path, or auto = the newest readable checkpoint of this run.
+
+    auto looks at last.ckpt and SLURM's hpc_ckpt_* first, then at the best-* checkpoints; an
+    unreadable one (a damaged file, an unfinished save) is skipped with one line saying why. A path
+    given explicitly must read, or the run stops with exit 2 saying what is wrong with it.
+    """
     resume = cfg.checkpoint.resume
     if resume == "none":
         return None
     if resume != "auto":
+        if reason := checkpoint.unreadable(resume):
+            raise CheckpointError(f"key 'checkpoint.resume': {resume}: {reason}")
         return resume
-    paths = [checkpoint_dir(cfg) / "last.ckpt", *cfg.run_dir.glob("hpc_ckpt_*.ckpt")]
-    candidates = {p: t for p in paths if (t := checkpoint_mtime(p)) is not None}  # files, or DeepSpeed folders
-    return str(max(candidates, key=candidates.get)) if candidates else None
+    say = print if is_rank_zero() else (lambda _: None)
+    latest = [checkpoint_dir(cfg) / "last.ckpt", *cfg.run_dir.glob("hpc_ckpt_*.ckpt")]
+    found = (checkpoint.newest_readable(latest, say)
+             or checkpoint.newest_readable(checkpoint_dir(cfg).glob("best-*.ckpt"), say))
+    return str(found) if found else None
+
+
+def check_resume_fits(path: str | None, task: SequenceTask) -> None:
+    """A checkpoint file must hold this run's model (same keys and shapes); else exit 2 naming them."""
+    if path is None or Path(path).is_dir():  # DeepSpeed folders are checked by DeepSpeed itself
+        return
+    state = checkpoint.load(path, mmap=True)
+    checkpoint.check_fits(path, state["state_dict"], task.state_dict())
 
 
 def build_loggers(cfg: Config, run_dir: Path) -> list[Logger]:
@@ -99,7 +147,7 @@ def _wandb_id(run_dir: Path) -> str | None:
     if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
         return os.environ["WANDB_RUN_ID"]
     if not path.exists():
-        _atomic_write(path, uuid.uuid4().hex[:12])
+        atomic_write_text(path, uuid.uuid4().hex[:12])
     return path.read_text().strip()
 
 
@@ -122,7 +170,7 @@ def build_trainer(cfg: Config, run_dir: Path, task: SequenceTask,
     return L.Trainer(
         default_root_dir=str(run_dir), max_steps=t.max_steps, precision=t.precision,
         accelerator=t.accelerator, devices=devices, num_nodes=num_nodes,
-        strategy=build_strategy(cfg), plugins=build_plugins(cfg),
+        strategy=build_strategy(cfg), plugins=[*build_plugins(cfg), *checkpoint_plugins(cfg)],
         gradient_clip_val=t.gradient_clip_val or None, accumulate_grad_batches=t.accumulate_grad_batches,
         val_check_interval=t.val_check_interval, check_val_every_n_epoch=None,
         limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
@@ -132,15 +180,15 @@ def build_trainer(cfg: Config, run_dir: Path, task: SequenceTask,
     )
 
 
+def checkpoint_plugins(cfg: Config) -> list:
+    """Atomic checkpoint files under every strategy that writes one file (DeepSpeed writes folders,
+    switched in atomically by its own strategy class; ssm_train/checkpoint.py)."""
+    return [] if cfg.trainer.strategy in DEEPSPEED else [AtomicCheckpointIO()]
+
+
 def is_rank_zero() -> bool:
     """Lightning's rank (from RANK / LOCAL_RANK / SLURM_PROCID until a strategy sets it)."""
     return rank_zero_only.rank == 0
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -164,15 +212,23 @@ def fit(cfg: Config, callbacks: Sequence[L.Callback] = ()) -> FitResult:
     """Train (resuming per ``checkpoint.resume``), save last.ckpt, validate; the final metrics."""
     sweep_agent_name(cfg)
     datamodule, task = build_data_and_task(cfg)
+    explicit = cfg.checkpoint.resume not in ("auto", "none")
+    if explicit:  # a checkpoint named by the user is checked before anything is written
+        ckpt = resume_path(cfg)
+        check_resume_fits(ckpt, task)
     run_dir = prepare_run_dir(cfg)
-    trainer = build_trainer(cfg, run_dir, task, callbacks)
-    ckpt = resume_path(cfg)
-    if trainer.is_global_zero:
-        print(to_yaml(cfg) + (f"resuming from {ckpt}\n" if ckpt else ""), end="", flush=True)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
-    trainer.save_checkpoint(checkpoint_dir(cfg) / "last.ckpt", weights_only=False)  # full state
-    metrics = trainer.validate(task, datamodule=datamodule, verbose=False)[0]
-    _finish_loggers(trainer)
+    with hold_run_dir(run_dir) if is_rank_zero() else nullcontext():
+        check_free_space(cfg, task)
+        if not explicit:  # under the lock: no other run is writing these checkpoints now
+            ckpt = resume_path(cfg)
+            check_resume_fits(ckpt, task)
+        trainer = build_trainer(cfg, run_dir, task, callbacks)
+        if trainer.is_global_zero:
+            print(to_yaml(cfg) + (f"resuming from {ckpt}\n" if ckpt else ""), end="", flush=True)
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        trainer.save_checkpoint(checkpoint_dir(cfg) / "last.ckpt", weights_only=False)  # full state
+        metrics = trainer.validate(task, datamodule=datamodule, verbose=False)[0]
+        _finish_loggers(trainer)
     return FitResult(task.primary_metric, float(metrics[task.primary_metric]), trainer.global_step, run_dir,
                      {k: float(v) for k, v in metrics.items()})
 
@@ -182,7 +238,10 @@ def evaluate(cfg: Config, stage: str, ckpt: str | None = None) -> dict[str, floa
     ckpt = ckpt or str(checkpoint_dir(cfg) / "last.ckpt")
     if checkpoint_mtime(Path(ckpt)) is None:
         raise ConfigError(f"--ckpt: '{ckpt}' is not a checkpoint (train first, or give --ckpt PATH)")
+    if reason := checkpoint.unreadable(ckpt):
+        raise CheckpointError(f"--ckpt: {ckpt}: {reason}")
     datamodule, task = build_data_and_task(cfg)
+    check_resume_fits(ckpt, task)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)  # evaluating never rewrites the run's config.yaml
     trainer = build_trainer(cfg, cfg.run_dir, task)
     run = trainer.validate if stage == "validate" else trainer.test

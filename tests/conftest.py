@@ -32,3 +32,12 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _unmount_tmpfs():
+    """Unmount what a test mounted with tests.disk.mount_tmpfs."""
+    yield
+    from tests.disk import unmount_all
+
+    unmount_all()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -24,7 +25,7 @@ from ssm_train.nn.params import param_groups
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+    """Training produced a NaN or infinite loss; the message names the checkpoint kept, if any."""
 
 
 def spec_to_dict(spec: DataSpec) -> dict:
@@ -94,10 +95,21 @@ class SequenceTask(L.LightningModule):
         bad = not bool(torch.isfinite(loss.detach()))
         if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
             raise NonFiniteLossError(
-                f"non-finite training loss ({loss.item()}) at step {self.global_step}; the last good "
-                "checkpoint is kept. Try a lower optim.lr, trainer.gradient_clip_val, or 32-true precision.")
+                f"non-finite training loss ({loss.item()}) at step {self.global_step}; {self._kept_checkpoint()}. "
+                "Try a lower optim.lr, trainer.gradient_clip_val, or 32-true precision.")
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["inputs"].shape[0])
         return loss
+
+    def _kept_checkpoint(self) -> str:
+        """What a stopped run leaves to resume from: the newest checkpoint written, or none yet."""
+        from ssm_train.checkpoint import checkpoint_mtime
+
+        folder = getattr(self.trainer.checkpoint_callback, "dirpath", None)
+        last = Path(folder) / "last.ckpt" if folder else None
+        if last is not None and checkpoint_mtime(last) is not None:
+            return f"the last good checkpoint, {last}, is kept"
+        return (f"no checkpoint was written before it (the first is due at step "
+                f"checkpoint.every_n_steps={self.cfg.checkpoint.every_n_steps})")
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)

@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 from ssm_train.config import ConfigError, load_config
-from ssm_train.distributed import (DEEPSPEED, STRATEGIES, FSDP2Strategy, build_strategy, checkpoint_mtime,
-                                   deepspeed_config)
+from ssm_train.distributed import DEEPSPEED, STRATEGIES, FSDP2Strategy, build_strategy, deepspeed_config
 from ssm_train.run import resume_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,27 +70,15 @@ def test_a_deepspeed_json_that_contradicts_the_run_config_is_refused(tmp_path, m
         deepspeed_config("deepspeed_stage_2")
 
 
-def test_checkpoint_mtime_reads_files_and_deepspeed_folders(tmp_path):
-    (tmp_path / "plain.ckpt").write_bytes(b"x")
-    os.utime(tmp_path / "plain.ckpt", (100, 100))
-    (tmp_path / "zero.ckpt/checkpoint").mkdir(parents=True)
-    (tmp_path / "zero.ckpt/latest").write_text("checkpoint")
-    os.utime(tmp_path / "zero.ckpt/latest", (200, 200))
-    (tmp_path / "empty.ckpt").mkdir()
-    assert checkpoint_mtime(tmp_path / "plain.ckpt") == 100
-    assert checkpoint_mtime(tmp_path / "zero.ckpt") == 200
-    assert checkpoint_mtime(tmp_path / "empty.ckpt") is None  # a folder without 'latest' is no checkpoint
-    assert checkpoint_mtime(tmp_path / "missing.ckpt") is None
-
-
 def test_resume_auto_takes_the_newest_checkpoint_file_or_deepspeed_folder(tmp_path):
     c = cfg("name=r", runs_dir=tmp_path)
     assert resume_path(c) is None
     last = tmp_path / "r/checkpoints/last.ckpt"  # DeepSpeed: a folder, rewritten in place
     (last / "checkpoint").mkdir(parents=True)
     (last / "latest").write_text("checkpoint")
+    torch.save({"module": {}}, last / "checkpoint/mp_rank_00_model_states.pt")
     hpc = tmp_path / "r/hpc_ckpt_1.ckpt"
-    hpc.write_bytes(b"x")
+    torch.save({"state_dict": {}}, hpc)  # resume takes only checkpoints that read (tests/test_checkpoint.py)
     os.utime(last / "latest", (300, 300))
     os.utime(last, (100, 100))  # the folder itself looks old: its 'latest' decides
     os.utime(hpc, (200, 200))
