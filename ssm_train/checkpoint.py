@@ -32,6 +32,7 @@ from typing import Any
 
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ssm_train.atomic import atomic_write, fsync_dir
 from ssm_train.config import ConfigError
 
 LATEST = "latest"  # the file of a DeepSpeed checkpoint folder that names its tag
@@ -46,44 +47,6 @@ class CheckpointWriteError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------ writing
-
-
-def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Call ``write(f)`` on a temp file beside ``path``, fsync it and rename it over ``path``.
-
-    The temp file is on the target's filesystem, so the rename is atomic there; on any failure it
-    is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text), mode="w")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (a crash right after must not bring the old entry back)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on a directory; the rename is still atomic
-        pass
-    finally:
-        os.close(fd)
 
 
 class _RecordingFile:
@@ -162,7 +125,7 @@ def switch_folder(staging: Path, target: Path) -> None:
     link.unlink(missing_ok=True)
     link.symlink_to(final.name)  # relative: the run directory may be moved or mounted elsewhere
     os.replace(link, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     if old is not None and old != final.resolve():
         shutil.rmtree(old, ignore_errors=True)
 

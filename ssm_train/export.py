@@ -17,8 +17,6 @@ only checkpoints you trust. The file it writes needs no such trust.
 from __future__ import annotations
 
 import argparse
-import os
-import zipfile
 from pathlib import Path
 
 from ssm_train.config import ConfigError
@@ -33,26 +31,21 @@ class ExportError(ConfigError):
 
 def export_checkpoint(ckpt: str | Path, out: str | Path) -> dict:
     """Write the consolidated checkpoint of ``ckpt`` to ``out``; returns what was written."""
-    import torch
+    from ssm_train import checkpoint  # Lightning: imported when used, not at the CLI's start-up
 
     ckpt, out = Path(ckpt), Path(out)
     if ckpt.is_dir():
         state = _read_zero(ckpt)
     elif ckpt.is_file():
-        if not zipfile.is_zipfile(ckpt):  # torch.save writes a zip archive
-            raise ExportError(f"{ckpt}: not a checkpoint (not a file written by torch.save)")
         try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        except Exception as e:  # not a torch file, or not loadable safely
-            raise ExportError(f"{ckpt}: cannot be read as a checkpoint: {str(e).splitlines()[0]}") from None
+            state = checkpoint.load(ckpt)
+        except checkpoint.CheckpointError as e:  # truncated, not a torch file, or not loadable safely
+            raise ExportError(str(e)) from None
     else:
         raise ExportError(f"{ckpt}: no such file or directory")
     exported = consolidated(state, source=ckpt)
     _check_loads(exported, ckpt)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    torch.save(exported, tmp)
-    os.replace(tmp, out)  # a reader never sees half a file
+    checkpoint.save_file(exported, out)  # a reader never sees half a file
     return exported
 
 
@@ -93,6 +86,7 @@ def _read_zero(ckpt_dir: Path) -> dict:
 
 
 def _check_loads(exported: dict, source: Path) -> None:
+    from ssm_train import checkpoint
     from ssm_train.config import from_dict
     from ssm_train.tasks.base import build_backbone
 
@@ -100,9 +94,10 @@ def _check_loads(exported: dict, source: Path) -> None:
     model = build_backbone(from_dict(hp["config"]), hp["spec"])
     weights = {k.removeprefix("model."): v for k, v in exported["state_dict"].items() if k.startswith("model.")}
     try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise ExportError(f"{source}: its weights do not fit the model of its own config: {e}") from None
+        checkpoint.check_fits(source, weights, model.state_dict())
+    except checkpoint.CheckpointError as e:
+        raise ExportError(f"{e} (its weights do not fit the model of its own config)") from None
+    model.load_state_dict(weights)
 
 
 # ----------------------------------------------------------------------------------------- CLI

@@ -28,7 +28,8 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from ssm_train import checkpoint
 from ssm_train.callbacks import SpectrumPlot
-from ssm_train.checkpoint import AtomicCheckpointIO, CheckpointError, atomic_write_text, checkpoint_mtime
+from ssm_train.atomic import atomic_write_text
+from ssm_train.checkpoint import AtomicCheckpointIO, CheckpointError, checkpoint_mtime
 from ssm_train.config import Config, ConfigError, to_dict, to_yaml
 from ssm_train.data.registry import build_datamodule
 from ssm_train.distributed import DEEPSPEED, build_strategy

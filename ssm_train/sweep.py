@@ -63,6 +63,7 @@ from typing import Any
 
 import yaml
 
+from ssm_train.atomic import atomic_write_text
 from ssm_train.config import Config, ConfigError, load_config
 
 ARGS_MACRO = "${args_no_hyphens}"
@@ -390,10 +391,7 @@ class TrialStore:
         return [json.loads(p.read_text()) for p in sorted((self.root / "trials").glob("*.json"))]
 
     def save(self, record: dict) -> None:
-        p = self.path(record["index"])
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-        os.replace(tmp, p)
+        atomic_write_text(self.path(record["index"]), json.dumps(record, indent=1, sort_keys=True))
 
 
 def _record(sweep: Sweep, index: int, params: dict, status: str, run_dir: Path, **extra: Any) -> dict:

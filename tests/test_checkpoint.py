@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ssm_train import checkpoint, run
+from ssm_train.atomic import atomic_write
 from ssm_train.checkpoint import (AtomicCheckpointIO, CheckpointError, CheckpointWriteError, check_fits,
                                   checkpoint_mtime, newest_readable, switch_folder, unreadable)
 from ssm_train.cli import main
@@ -46,7 +47,7 @@ def test_atomic_write_leaves_the_target_untouched_when_the_writer_fails(tmp_path
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError):
-        checkpoint.atomic_write(target, half_then_fail)
+        atomic_write(target, half_then_fail)
     assert target.read_bytes() == b"good"
     assert list(tmp_path.iterdir()) == [target]  # the temp file is gone too
 
