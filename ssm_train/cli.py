@@ -56,9 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="sample from a trained language model")
     g.add_argument("--ckpt", required=True)
     g.add_argument("--prompt", required=True, help="text (or space-separated ids without tokenizer)")
-    g.add_argument("--max-new-tokens", type=_count(1), default=200, help="at least 1")
-    g.add_argument("--temperature", type=_number(0.0), default=0.8, help=">= 0; 0 is greedy decoding")
-    g.add_argument("--top-k", type=_count(0), default=0, help="keep the k most likely tokens; 0 keeps all")
+    g.add_argument("--max-new-tokens", type=_at_least(int, 1), default=200, help="at least 1")
+    g.add_argument("--temperature", type=_at_least(float, 0), default=0.8, help=">= 0; 0 is greedy decoding")
+    g.add_argument("--top-k", type=_at_least(int, 0), default=0, help="keep the k most likely tokens; 0 keeps all")
     g.add_argument("--seed", type=int, default=0)
     sweep.add_parser(sub)
     export.add_parser(sub)
@@ -66,28 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _count(least: int):
-    """An argparse type: an integer >= ``least`` (argparse names the option and exits 2 otherwise)."""
-    def parse(text: str) -> int:
+def _at_least(cast: type, least: float):
+    """An argparse type: a finite ``cast`` (int or float) >= ``least``; argparse names the option
+    and exits 2 otherwise."""
+    def parse(text: str):
         try:
-            value = int(text)
+            value = cast(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
-        return value
-    return parse
-
-
-def _number(least: float):
-    """An argparse type: a finite number >= ``least``."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+            raise argparse.ArgumentTypeError(f"'{text}' is not {'an integer' if cast is int else 'a number'}") from None
         if not math.isfinite(value) or value < least:
-            raise argparse.ArgumentTypeError(f"must be a finite number >= {least}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be >= {least}, got {text}")
         return value
     return parse
 
