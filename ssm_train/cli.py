@@ -6,7 +6,7 @@
     ssm-train config   [-c FILE ...] [key.sub=value ...]   print the resolved config, run nothing
     ssm-train generate --ckpt PATH --prompt TEXT           sample from a language model
     ssm-train export   CKPT OUT                            one consolidated checkpoint (ssm_train/export.py)
-    ssm-train sweep    FILE [--local | --slurm] [...]      run a W&B-format sweep (ssm_train/sweep.py)
+    ssm-train sweep    FILE [--local | --slurm] [...]      run a W&B-format sweep (ssm_train/sweeps/)
     ssm-train reproduce NAME [--quick] [--out DIR]         regenerate a paper result (ssm_train/reproduce.py)
 
 Exit status: 0 done, 1 training failed (e.g. a non-finite loss), 2 bad config or arguments.
@@ -27,8 +27,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from ssm_train import export, reproduce, sweep
+from ssm_train import export, reproduce
 from ssm_train.config import Config, ConfigError, load_config, to_yaml
+from ssm_train.sweeps import cli as sweep
 
 DEFAULT_EXPERIMENT = Path("configs/experiment/default.yaml")
 REPO_ROOT = Path(__file__).resolve().parents[1]
