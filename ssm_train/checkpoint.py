@@ -33,17 +33,13 @@ from typing import Any
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ssm_train.atomic import atomic_write, fsync_dir
-from ssm_train.config import ConfigError
+from ssm_train.errors import CheckpointWriteError, ConfigError
 
 LATEST = "latest"  # the file of a DeepSpeed checkpoint folder that names its tag
 
 
 class CheckpointError(ConfigError):
     """A checkpoint that cannot be used; the message names the file and what is wrong with it."""
-
-
-class CheckpointWriteError(RuntimeError):
-    """A checkpoint could not be written (full disk, lost permissions); the previous one is intact."""
 
 
 # ------------------------------------------------------------------------------------ writing

@@ -28,7 +28,8 @@ import warnings
 from pathlib import Path
 
 from ssm_train import export, reproduce
-from ssm_train.config import Config, ConfigError, load_config, to_yaml
+from ssm_train.config import Config, load_config, to_yaml
+from ssm_train.errors import CheckpointWriteError, ConfigError, NonFiniteLossError
 from ssm_train.sweeps import cli as sweep
 
 DEFAULT_EXPERIMENT = Path("configs/experiment/default.yaml")

@@ -26,12 +26,9 @@ from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, Omega
 from omegaconf.resolvers import oc
 
 from ssm_train.data.config import DataConfig, data_problems
+from ssm_train.errors import ConfigError  # defined there (it imports nothing); still importable from here
 
 INCLUDE_KEY = "include"  # a YAML file may list other YAML files (relative to itself) merged first
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with the key (and file) it concerns in the message."""
 
 
 @dataclass
@@ -415,7 +412,7 @@ def validate(cfg: Config) -> None:
     for key, valid in {**CHOICES, **_lightning_choices()}.items():
         _check(_get(cfg, key) in valid, key, f"must be one of {', '.join(valid)}, got {_get(cfg, key)!r}")
     _check_model(cfg.model)
-    from ssm_train.data.registry import data_kinds
+    from ssm_train.data.kinds import data_kinds  # the registry, with every built-in kind registered
     from ssm_train.nn.init import INITS
 
     _check(cfg.model.init.name in INITS, "model.init.name", f"must be one of {', '.join(sorted(INITS))}")

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_info
 
-from ssm_train.config import Config, ConfigError
+from ssm_train.config import Config
+from ssm_train.errors import ConfigError
 
 if TYPE_CHECKING:
     import lightning as L

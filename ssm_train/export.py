@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ssm_train.config import ConfigError
+from ssm_train.errors import ConfigError
 
 KEPT = ("epoch", "global_step", "pytorch-lightning_version", "hparams_name", "hyper_parameters")
 WRAPPER_PREFIX = "_forward_module."  # Lightning < 2.1 wrapped the module that DeepSpeed saw

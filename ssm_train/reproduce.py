@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ssm_train.analysis.spectra import SPECTRA
-from ssm_train.config import ConfigError
+from ssm_train.errors import ConfigError
 
 DEFAULT_OUT = "results"
 

@@ -30,9 +30,10 @@ from ssm_train import checkpoint
 from ssm_train.callbacks import SpectrumPlot
 from ssm_train.atomic import atomic_write_text
 from ssm_train.checkpoint import AtomicCheckpointIO, CheckpointError, checkpoint_mtime
-from ssm_train.config import Config, ConfigError, to_dict, to_yaml
-from ssm_train.data.registry import build_datamodule
+from ssm_train.config import Config, to_dict, to_yaml
+from ssm_train.data.kinds import build_datamodule
 from ssm_train.distributed import DEEPSPEED, build_strategy
+from ssm_train.errors import ConfigError
 from ssm_train.loggers import RestartableCSVLogger
 from ssm_train.run_lock import hold_run_dir
 from ssm_train.slurm import build_plugins, slurm_callbacks, slurm_topology
@@ -79,11 +80,14 @@ def checkpoint_dir(cfg: Config) -> Path:
 
 
 def build_data_and_task(cfg: Config) -> tuple[L.LightningDataModule, SequenceTask]:
+    """The data module and the task it feeds.
+
+    Bad data settings or files raise a DataError (a ConfigError: exit 2, one message) while the
+    module is built, before training; nothing is caught here, so that any other exception from a
+    data module (a bug) keeps its traceback and exits 1 instead of posing as the user's mistake.
+    """
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same initial weights on every rank
-    try:
-        datamodule = build_datamodule(cfg.data, cfg.seed)
-    except ValueError as e:  # bad data settings or files are config errors: exit 2, before training
-        raise ConfigError(str(e)) from None
+    datamodule = build_datamodule(cfg.data, cfg.seed)
     spec = spec_to_dict(datamodule.spec)
     kind = spec["task"] if cfg.task.kind == "auto" else cfg.task.kind
     if kind != spec["task"]:

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ssm_train.config import ConfigError
+from ssm_train.errors import ConfigError
 
 LOCK_NAME = ".lock"
 

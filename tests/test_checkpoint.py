@@ -12,10 +12,11 @@ import torch
 
 from ssm_train import checkpoint, run
 from ssm_train.atomic import atomic_write
-from ssm_train.checkpoint import (AtomicCheckpointIO, CheckpointError, CheckpointWriteError, check_fits,
+from ssm_train.checkpoint import (AtomicCheckpointIO, CheckpointError, check_fits,
                                   checkpoint_mtime, newest_readable, switch_folder, unreadable)
 from ssm_train.cli import main
 from ssm_train.config import load_config
+from ssm_train.errors import CheckpointWriteError
 from tests.disk import fill_disk, mount_tmpfs
 
 ROOT = Path(__file__).resolve().parents[1]

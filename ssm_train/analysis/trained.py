@@ -118,7 +118,7 @@ def held_out_error(run_dir: Path, samples: int = 256) -> float:
     import torch
 
     from ssm_train.config import from_dict
-    from ssm_train.data.synthetic import TASKS as SAMPLERS
+    from ssm_train.data.synthetic import SYNTHETIC_TASKS as SAMPLERS
     from ssm_train.generate import load_backbone
 
     model, config, _ = load_backbone(run_dir / "checkpoints" / "last.ckpt")

@@ -43,24 +43,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ssm_train.data.streaming import (
-    ArrayWriter,
-    DataError,
-    LazyMemmap,
-    ShardedStream,
-    cache_root,
-    cached_dir,
-    combine,
-    fingerprint,
-    mix64,
-    open_bytes,
-    read_json,
-    reading,
-    uniform,
-    write_json,
-)
+from ssm_train.data.cache import ArrayWriter, LazyMemmap, cache_root, cached_dir, fingerprint, read_json, write_json
+from ssm_train.data.files import open_bytes, reading
+from ssm_train.data.stream import ShardedStream, combine, mix64, uniform
 from ssm_train.data.text import shifted_pairs
 from ssm_train.data.tokenizers import BAD, BASE_CODES, NucleotideTokenizer, reverse_complement
+from ssm_train.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -32,22 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ssm_train.data.cache import ArrayWriter, LazyMemmap, cache_root, cached_dir, fingerprint, read_json, write_json
 from ssm_train.data.fasta import FASTA_SUFFIXES, load_fasta
-from ssm_train.data.streaming import (
-    ArrayWriter,
-    DataError,
-    LazyMemmap,
-    ShardedStream,
-    cache_root,
-    cached_dir,
-    fingerprint,
-    iter_lines,
-    open_bytes,
-    read_json,
-    reading,
-    strip_gz,
-    write_json,
-)
+from ssm_train.data.files import iter_lines, open_bytes, reading, strip_gz
+from ssm_train.data.stream import ShardedStream
 from ssm_train.data.text import in_validation, json_field, json_object, token_dtype
 from ssm_train.data.tokenizers import (
     CharTokenizer,
@@ -56,6 +44,7 @@ from ssm_train.data.tokenizers import (
     build_tokenizer,
     tokenizer_from_state,
 )
+from ssm_train.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +159,11 @@ def encode_rows(tok: Tokenizer, rows: list[tuple[Path, int, str]]) -> list[np.nd
     """Token ids of each row's text; a DataError naming the row's file:line if one cannot be encoded."""
     try:
         ids = tok.encode_batch([text for *_, text in rows])
-    except ValueError:
+    except DataError:  # a bad row; any other error is a bug and keeps its traceback
         for path, line, text in rows:  # find the culprit
             try:
                 tok.encode(text)
-            except ValueError as e:
+            except DataError as e:
                 raise DataError(f"{path}:{line}: {e}") from e
         raise
     for (path, line, _), x in zip(rows, ids):

@@ -1,6 +1,7 @@
 """LightningDataModules over real corpora, each built from ``(cfg: DataConfig, seed)`` alone.
 
-``build_datamodule(cfg, seed)`` picks the module by ``cfg.kind``:
+Each module registers its ``data.kind`` (``registry.py``) right below its class;
+``ssm_train.data.kinds.build_datamodule(cfg, seed)`` picks the module by ``cfg.kind``:
 
 ====================  ======================  ======================================================
 ``kind``              module                  batches
@@ -29,14 +30,15 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ssm_train.data.base import DataSpec
 from ssm_train.data.config import DataConfig
+from ssm_train.data.files import expand_paths
 from ssm_train.data.fasta import FastaWindows, load_fasta, split_regions, whole_records
 from ssm_train.data.labelled import LabelledRows, PadCollate, encode_labelled
 from ssm_train.data.loader import ResumableDataLoader
-from ssm_train.data.streaming import DataError, ShardedStream, expand_paths
+from ssm_train.data.registry import register_data
+from ssm_train.data.stream import ShardedStream
 from ssm_train.data.text import TextWindows, encode_text_corpus
 from ssm_train.data.tokenizers import NucleotideTokenizer
-
-CORPUS_KINDS = ("text", "fasta", "labelled")
+from ssm_train.errors import DataError
 
 
 class CorpusDataModule(L.LightningDataModule):
@@ -142,6 +144,9 @@ class TextDataModule(CorpusDataModule):
         self.spec = DataSpec(task="lm", vocab_size=tok.vocab_size, tokenizer=tok, extra=_extra(self, self.corpus.meta))
 
 
+register_data("text", TextDataModule, summary="byte / char / HF tokens of .txt, .jsonl, .parquet documents (LM)")
+
+
 class FastaDataModule(CorpusDataModule):
     """Windows of nucleotide (k-mer) tokens cut from FASTA genomes."""
 
@@ -180,6 +185,9 @@ class FastaDataModule(CorpusDataModule):
             tokenizer=tok,
             extra=_extra(self, {"records": records[:1000], "n_records": len(records)}),
         )
+
+
+register_data("fasta", FastaDataModule, summary="nucleotide (k-mer) windows of FASTA genomes (LM)")
 
 
 class LabelledDataModule(CorpusDataModule):
@@ -222,6 +230,9 @@ class LabelledDataModule(CorpusDataModule):
         )
 
 
+register_data("labelled", LabelledDataModule, summary="labelled rows of JSONL / CSV / TSV / FASTA (classification)")
+
+
 def _extra(module: CorpusDataModule, more: dict[str, Any]) -> dict[str, Any]:
     return {
         "train_items": module.train_stream.n_items,
@@ -229,10 +240,3 @@ def _extra(module: CorpusDataModule, more: dict[str, Any]) -> dict[str, Any]:
         **more,
     }
 
-
-def build_datamodule(cfg: DataConfig, seed: int, **kw: Any) -> CorpusDataModule:
-    """The data module for ``cfg.kind`` in ``text | fasta | labelled``."""
-    modules = {"text": TextDataModule, "fasta": FastaDataModule, "labelled": LabelledDataModule}
-    if cfg.kind not in modules:
-        raise DataError(f"data.kind={cfg.kind!r} is not a corpus kind; valid: {' | '.join(CORPUS_KINDS)}")
-    return modules[cfg.kind](cfg, seed, **kw)

@@ -31,6 +31,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ssm_train.data.base import DataSpec
 from ssm_train.data.config import DataConfig
+from ssm_train.errors import DataError
 
 Sample = dict[str, torch.Tensor]
 IGNORE = -100
@@ -43,7 +44,28 @@ def _rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
 
 # ---------------------------------------------------------------------------------------- tasks
 
+SampleFn = Callable[[DataConfig, int, int], Sample]
 
+# data.kind -> the generator of sample ``index`` (named apart from ssm_train.tasks.TASKS, the
+# LightningModules: this table is of data, that one of training objectives)
+SYNTHETIC_TASKS: dict[str, SampleFn] = {}
+_SUMMARIES: dict[str, str] = {}  # kind -> one line, for the data registry
+
+
+def synthetic_task(kind: str, summary: str) -> Callable[[SampleFn], SampleFn]:
+    """Make ``fn(cfg, seed, index) -> Sample`` the generator of ``data.kind=<kind>``.
+
+    One decorator per task, so that a new task is one function: every task in the table is
+    registered as a data kind served by ``SyntheticDataModule`` at the end of this module.
+    """
+    def add(fn: SampleFn) -> SampleFn:
+        SYNTHETIC_TASKS[kind], _SUMMARIES[kind] = fn, summary
+        return fn
+
+    return add
+
+
+@synthetic_task("copy", "recover the input at a lag (or a past window) from the state (regression)")
 def copy_sample(cfg: DataConfig, seed: int, index: int) -> Sample:
     u = _rng(seed, index).standard_normal((cfg.seq_len, cfg.d_input), dtype=np.float32)
     padded = np.concatenate([np.zeros((cfg.lag + cfg.window - 1, cfg.d_input), np.float32), u])
@@ -67,6 +89,7 @@ def _random_map(d_input: int, lag: int, seed: int) -> Callable[[np.ndarray], np.
     return lambda z: (np.tanh(z @ w1 + b1) @ w2).astype(np.float32)
 
 
+@synthetic_task("nonlinear", "a fixed random non-linear map of lagged inputs (regression)")
 def nonlinear_sample(cfg: DataConfig, seed: int, index: int) -> Sample:
     u = _rng(seed, index).standard_normal((cfg.seq_len, cfg.d_input), dtype=np.float32)
     lags = nonlinear_lags(cfg.lag)
@@ -99,11 +122,13 @@ def duffing(u: np.ndarray, dt: float = 0.1) -> np.ndarray:
     return out
 
 
+@synthetic_task("ode", "the forced Duffing oscillator's response (regression)")
 def ode_sample(cfg: DataConfig, seed: int, index: int) -> Sample:
     u = _rng(seed, index).standard_normal((cfg.seq_len, cfg.d_input), dtype=np.float32)
     return {"inputs": torch.from_numpy(u), "targets": torch.from_numpy(duffing(u))}
 
 
+@synthetic_task("recall", "multi-query associative recall of key-value pairs (LM)")
 def recall_sample(cfg: DataConfig, seed: int, index: int) -> Sample:
     """Tokens: 0 filler, keys 1..V, values V+1..2V. Pairs first, queries spread over the rest."""
     rng, V, L = _rng(seed, index), cfg.vocab_size, cfg.seq_len
@@ -118,14 +143,6 @@ def recall_sample(cfg: DataConfig, seed: int, index: int) -> Sample:
     return {"inputs": torch.from_numpy(inputs), "targets": torch.from_numpy(targets)}
 
 
-TASKS: dict[str, Callable[[DataConfig, int, int], Sample]] = {
-    "copy": copy_sample,
-    "nonlinear": nonlinear_sample,
-    "ode": ode_sample,
-    "recall": recall_sample,
-}
-
-
 def synthetic_spec(cfg: DataConfig) -> DataSpec:
     if cfg.kind == "recall":
         return DataSpec(task="lm", vocab_size=2 * cfg.vocab_size + 1, ignore_index=IGNORE)
@@ -134,22 +151,22 @@ def synthetic_spec(cfg: DataConfig) -> DataSpec:
 
 
 def check_synthetic(cfg: DataConfig) -> None:
-    """Raise ValueError naming the ``data.*`` key when the task cannot be built."""
+    """Raise a DataError naming the ``data.*`` key when the task cannot be built (exit 2, not a bug)."""
     if cfg.kind == "recall":
         if cfg.n_pairs > cfg.vocab_size:
-            raise ValueError(f"data.n_pairs={cfg.n_pairs} must be <= data.vocab_size={cfg.vocab_size} "
-                             "(keys are distinct)")
+            raise DataError(f"data.n_pairs={cfg.n_pairs} must be <= data.vocab_size={cfg.vocab_size} "
+                            "(keys are distinct)")
         if 2 * cfg.n_pairs + cfg.n_queries > cfg.seq_len:
-            raise ValueError(f"data.seq_len={cfg.seq_len} must hold 2*n_pairs + n_queries = "
-                             f"{2 * cfg.n_pairs + cfg.n_queries} tokens")
+            raise DataError(f"data.seq_len={cfg.seq_len} must hold 2*n_pairs + n_queries = "
+                            f"{2 * cfg.n_pairs + cfg.n_queries} tokens")
     for key in ("d_input", "window", "n_pairs", "n_queries", "vocab_size", "val_batches"):
         if getattr(cfg, key) <= 0:
-            raise ValueError(f"data.{key} must be positive, got {getattr(cfg, key)}")
+            raise DataError(f"data.{key} must be positive, got {getattr(cfg, key)}")
     if cfg.lag < 0:
-        raise ValueError(f"data.lag must be >= 0, got {cfg.lag}")
+        raise DataError(f"data.lag must be >= 0, got {cfg.lag}")
     if cfg.kind in ("copy", "nonlinear") and cfg.lag + cfg.window > cfg.seq_len:
-        raise ValueError(f"data.lag={cfg.lag} (+ window {cfg.window}) must fit in data.seq_len={cfg.seq_len}, "
-                         "or every target is the zero padding")
+        raise DataError(f"data.lag={cfg.lag} (+ window {cfg.window}) must fit in data.seq_len={cfg.seq_len}, "
+                        "or every target is the zero padding")
 
 
 # --------------------------------------------------------------------------------------- stream
@@ -170,7 +187,7 @@ class SyntheticStream(IterableDataset):
                  rank: int | None = None, world_size: int | None = None, offset: int = 0):
         self.cfg, self.seed, self.n, self.offset = cfg, seed, n, offset
         self._rank_world = (rank, world_size)  # resolved at iteration: DDP starts after construction
-        self.sample = TASKS[cfg.kind]
+        self.sample = SYNTHETIC_TASKS[cfg.kind]
         self.consumed = 0  # samples of this rank (this worker's share, inside a worker) handed out
         self.world_size: int | None = None  # of the run that consumed them
 
@@ -211,6 +228,7 @@ def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 import lightning as L  # noqa: E402  (training layer: the generators above stay Lightning-free)
 from ssm_train.data.loader import ResumableDataLoader  # noqa: E402
+from ssm_train.data.registry import register_data  # noqa: E402
 
 
 class SyntheticDataModule(L.LightningDataModule):
@@ -232,11 +250,13 @@ class SyntheticDataModule(L.LightningDataModule):
         n = self.cfg.val_batches * self.cfg.batch_size
         world = _rank_world(None, None)[1]
         if n < world:  # every rank would get n // world = 0 samples and no metric could be computed
-            from ssm_train.config import ConfigError
-
-            raise ConfigError(f"keys 'data.val_batches' x 'data.batch_size': {self.cfg.val_batches} x "
-                              f"{self.cfg.batch_size} = {n} validation samples cannot be split over {world} ranks; "
-                              f"make data.val_batches at least {-(-world // self.cfg.batch_size)}")
+            raise DataError(f"keys 'data.val_batches' x 'data.batch_size': {self.cfg.val_batches} x "
+                            f"{self.cfg.batch_size} = {n} validation samples cannot be split over {world} ranks; "
+                            f"make data.val_batches at least {-(-world // self.cfg.batch_size)}")
         return self._loader(SyntheticStream(self.cfg, self.seed, n=n, offset=VAL_INDEX_OFFSET))
 
     test_dataloader = val_dataloader
+
+
+for _kind, _summary in _SUMMARIES.items():  # every task is served by the one module, keyed by cfg.kind
+    register_data(_kind, SyntheticDataModule, summary=_summary)

@@ -34,22 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ssm_train.data.streaming import (
-    ArrayWriter,
-    DataError,
-    LazyMemmap,
-    ShardedStream,
-    cache_root,
-    cached_dir,
-    combine,
-    decode_utf8,
-    fingerprint,
-    iter_lines,
-    read_json,
-    strip_gz,
-    write_json,
-)
+from ssm_train.data.cache import ArrayWriter, LazyMemmap, cache_root, cached_dir, fingerprint, read_json, write_json
+from ssm_train.data.files import decode_utf8, iter_lines, strip_gz
+from ssm_train.data.stream import ShardedStream, combine
 from ssm_train.data.tokenizers import CharTokenizer, Tokenizer, build_tokenizer, tokenizer_from_state
+from ssm_train.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ssm_train.data.streaming import DataError
+from ssm_train.errors import DataError
 
 # ---------------------------------------------------------------------------------------------
 
@@ -212,8 +212,9 @@ def reverse_complement(codes: np.ndarray) -> np.ndarray:
     return COMPLEMENT[codes[..., ::-1]]
 
 
-def _not_nucleotide(text: str, i: int) -> ValueError:
-    return ValueError(
+def _not_nucleotide(text: str, i: int) -> DataError:
+    """A user's text (a row, a --prompt) is at fault, so a DataError; the caller knows the file:line."""
+    return DataError(
         f"character {text[i]!r} at position {i + 1} is not a nucleotide "
         "(valid: A C G T U N and IUPAC codes R Y S W K M B D H V, either case)"
     )
@@ -244,7 +245,7 @@ class NucleotideTokenizer(Tokenizer):
             self._table = np.array(["".join(NUCLEOTIDES[d] for d in row) for row in digits], dtype=object)
 
     def codes(self, text: str) -> np.ndarray:
-        """uint8 codes 0..4 of ``text``; ValueError naming the first invalid character."""
+        """uint8 codes 0..4 of ``text``; a DataError naming the first invalid character."""
         if not text.isascii():
             raise _not_nucleotide(text, next(i for i, c in enumerate(text) if not c.isascii()))
         codes = BASE_CODES[np.frombuffer(text.encode("ascii"), dtype=np.uint8)]
@@ -263,11 +264,16 @@ class NucleotideTokenizer(Tokenizer):
         return grouped @ self._powers
 
     def encode(self, text: str) -> np.ndarray:
-        return self.ids_from_codes(self.codes(text))
+        """Ids of a user's text: its length is checked here (a DataError), so that the ValueError of
+        ``ids_from_codes`` is left to mean a bug in code that cuts windows."""
+        codes = self.codes(text)
+        if len(codes) % self.k:
+            raise DataError(f"{len(codes)} bases is not a whole number of {self.k}-mers")
+        return self.ids_from_codes(codes)
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         if any(len(t) % self.k for t in texts):
-            raise ValueError(f"a text is not a whole number of {self.k}-mers")
+            raise DataError(f"a text is not a whole number of {self.k}-mers")
         # whole k-mers never straddle two joined texts, so one look-up serves them all
         ids = self.encode("".join(texts))
         return np.split(ids, np.cumsum([len(t) // self.k for t in texts])[:-1])

@@ -41,7 +41,7 @@ def fit_trials(sweep: Sweep, fit: FitFn | None = None, n: int | None = None) -> 
 
 
 def _fit_one(sweep: Sweep, fit: FitFn, index: int, params: dict[str, Any]) -> dict:
-    from ssm_train.tasks.base import NonFiniteLossError
+    from ssm_train.errors import NonFiniteLossError
 
     cfg = sweep.config(sweep.trial_overrides(index, params))
     try:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ssm_train.config import Config, ConfigError, load_config
+from ssm_train.config import Config, load_config
+from ssm_train.errors import ConfigError
 
 ARGS_MACRO = "${args_no_hyphens}"
 METHODS = ("grid", "random", "bayes")

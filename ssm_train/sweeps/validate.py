@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from ssm_train.config import Config, ConfigError
+from ssm_train.config import Config
+from ssm_train.errors import ConfigError
 from ssm_train.sweeps.propose import grid_points, sweeps_package
 from ssm_train.sweeps.spec import ARGS_MACRO, METHODS, Sweep, SweepError, describe, flatten, plain
 

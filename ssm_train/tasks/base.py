@@ -19,13 +19,10 @@ from torch import Tensor
 
 from ssm_train.config import Config, from_dict
 from ssm_train.data.base import DataSpec
+from ssm_train.errors import NonFiniteLossError
 from ssm_train.nn import Backbone
 from ssm_train.nn.init import get_init
 from ssm_train.nn.params import param_groups
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; the message names the checkpoint kept, if any."""
 
 
 def spec_to_dict(spec: DataSpec) -> dict:

@@ -14,8 +14,9 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 import ssm_train.data.fasta as fasta
 from ssm_train.data.fasta import FastaWindows, Regions, hold_out_records, load_fasta, split_regions, whole_records
-from ssm_train.data.streaming import ArrayWriter, DataError
+from ssm_train.data.cache import ArrayWriter
 from ssm_train.data.tokenizers import NucleotideTokenizer, reverse_complement
+from ssm_train.errors import DataError
 
 IUPAC = "RYSWKMBDHVN"
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from ssm_train.data.labelled import LabelledRows, PadCollate, encode_labelled, iter_rows
-from ssm_train.data.streaming import DataError
 from ssm_train.data.tokenizers import NucleotideTokenizer
+from ssm_train.errors import DataError
 
 
 def all_rows(split, tok=None):

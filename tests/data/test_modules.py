@@ -8,13 +8,9 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ssm_train.data.config import DataConfig
-from ssm_train.data.modules import (
-    FastaDataModule,
-    LabelledDataModule,
-    TextDataModule,
-    build_datamodule,
-)
-from ssm_train.data.streaming import DataError
+from ssm_train.data.kinds import build_datamodule
+from ssm_train.data.modules import FastaDataModule, LabelledDataModule, TextDataModule
+from ssm_train.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +92,9 @@ def test_no_validation_and_bad_configs(configs, tmp_path, cache_dir):
         )
     with pytest.raises(DataError, match="needs data.tokenizer=nucleotide"):
         FastaDataModule(DataConfig(**{**configs["fasta"].__dict__, "tokenizer": "byte"}), seed=0)
-    with pytest.raises(DataError, match="'copy' is not a corpus kind"):
-        build_datamodule(DataConfig(kind="copy"), seed=0)
+    # one registry serves every kind now, so 'copy' builds; an unregistered kind is the DataError
+    with pytest.raises(DataError, match=r"data.kind='chapter' is not one of copy, .*, text, fasta, labelled"):
+        build_datamodule(DataConfig(kind="chapter"), seed=0)
     with pytest.raises(DataError, match="no such file"):
         build_datamodule(DataConfig(kind="text", path=[str(tmp_path / "missing.txt")]), seed=0)
 

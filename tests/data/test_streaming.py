@@ -12,19 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from ssm_train.data.streaming import (
-    DataError,
-    Permutation,
-    ShardedStream,
-    cached_dir,
-    combine,
-    expand_paths,
-    iter_lines,
-    mix64,
-    mix_int,
-    resolve_rank,
-    write_json,
-)
+from ssm_train.data.cache import cached_dir, write_json
+from ssm_train.data.files import expand_paths, iter_lines
+from ssm_train.data.stream import Permutation, ShardedStream, combine, mix64, mix_int, resolve_rank
+from ssm_train.errors import DataError
 
 
 class Items(ShardedStream):

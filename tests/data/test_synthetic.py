@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ssm_train.data.config import DataConfig
-from ssm_train.data.synthetic import (IGNORE, SyntheticDataModule, SyntheticStream, TASKS, check_synthetic,
+from ssm_train.data.synthetic import (IGNORE, SyntheticDataModule, SyntheticStream, SYNTHETIC_TASKS, check_synthetic,
                                       _random_map, duffing, nonlinear_lags)
 
 
@@ -17,7 +17,7 @@ from ssm_train.data.synthetic import (IGNORE, SyntheticDataModule, SyntheticStre
 @settings(max_examples=30, deadline=None)
 def test_copy_targets_are_lagged_inputs(lag, window, d, index):
     cfg = DataConfig(kind="copy", seq_len=32, lag=lag, window=window, d_input=d)
-    s = TASKS["copy"](cfg, 7, index)
+    s = SYNTHETIC_TASKS["copy"](cfg, 7, index)
     u, y = s["inputs"].numpy(), s["targets"].numpy()
     assert y.shape == (32, d * window)
     for t in range(32):
@@ -32,7 +32,7 @@ def test_nonlinear_target_is_the_fixed_map_of_lagged_inputs():
     assert lags == [0, 4, 8, 12]
     f = _random_map(2, 12, 3)  # one function per seed, shared by every sample
     for index in (0, 1):
-        s = TASKS["nonlinear"](cfg, 3, index)
+        s = SYNTHETIC_TASKS["nonlinear"](cfg, 3, index)
         u, y = s["inputs"].numpy(), s["targets"].numpy()
         for t in (0, 5, 12, 40, 63):
             z = np.concatenate([u[t - l] if t - l >= 0 else np.zeros(2, np.float32) for l in lags])
@@ -58,7 +58,7 @@ def test_duffing_matches_a_tight_ode_solver():
 def test_recall_queries_ask_for_stored_values():
     cfg = DataConfig(kind="recall", seq_len=64, vocab_size=16, n_pairs=6, n_queries=5)
     for index in range(20):
-        s = TASKS["recall"](cfg, 0, index)
+        s = SYNTHETIC_TASKS["recall"](cfg, 0, index)
         x, y = s["inputs"].numpy(), s["targets"].numpy()
         pairs = dict(zip(x[0:12:2], x[1:12:2]))
         assert len(pairs) == 6 and all(1 <= k <= 16 for k in pairs) and all(17 <= v <= 32 for v in pairs.values())

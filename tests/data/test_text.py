@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from ssm_train.data.streaming import DataError, expand_paths
+from ssm_train.data.files import expand_paths
 from ssm_train.data.text import TextWindows, encode_text_corpus, in_validation, iter_documents
 from ssm_train.data.tokenizers import ByteTokenizer
+from ssm_train.errors import DataError
 
 
 def reference_paragraphs(text: str) -> list[str]:

@@ -11,7 +11,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssm_train.data.streaming import DataError
 from ssm_train.data.tokenizers import (
     ByteTokenizer,
     CharTokenizer,
@@ -22,6 +21,7 @@ from ssm_train.data.tokenizers import (
     reverse_complement,
     tokenizer_from_state,
 )
+from ssm_train.errors import DataError
 
 IUPAC = "RYSWKMBDHVN"
 DNA = "ACGTU" + IUPAC

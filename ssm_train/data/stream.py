@@ -21,36 +21,22 @@ rank and dataloader worker yields, in which order, and where a resumed run picks
 Training streams loop over epochs forever (the trainer stops at ``max_steps``); validation streams
 run once through a fixed, unshuffled order.
 
-The second half of the module holds the file plumbing shared by the readers: path expansion,
-transparent gzip, the cache directory, and ``DataError``.
+File reading lives in ``files.py`` and the encoded-corpus cache in ``cache.py``: this module is
+only the arithmetic of who reads which item when, so that it can be read (and tested) on its own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
-import glob
-import gzip
-import hashlib
-import json
-import logging
 import os
-import shutil
-import zlib
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import IO, Any
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """Bad input data or data configuration; the message names the file (and line) at fault."""
+from ssm_train.errors import DataError
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,194 +249,3 @@ class ShardedStream(IterableDataset):
                 return
             epoch += 1
             self._epoch, self._position = epoch, 0
-
-
-# ---------------------------------------------------------------------------------------------
-# Files
-# ---------------------------------------------------------------------------------------------
-
-_GLOB_CHARS = set("*?[")
-
-
-def expand_paths(patterns: Sequence[str] | str, *, what: str = "data.path") -> list[Path]:
-    """Files named by paths or globs, in the given order (each glob sorted), without repeats."""
-    if isinstance(patterns, (str, os.PathLike)):
-        patterns = [str(patterns)]
-    if not patterns:
-        raise DataError(f"{what} is empty: give one or more files or globs")
-    out: list[Path] = []
-    for pattern in patterns:
-        pattern = os.path.expanduser(str(pattern))
-        if _GLOB_CHARS & set(pattern):
-            matches = sorted(glob.glob(pattern, recursive=True))
-            matches = [m for m in matches if os.path.isfile(m)]
-            if not matches:
-                raise DataError(f"{what}: the glob {pattern!r} matches no file")
-        else:
-            if not os.path.exists(pattern):
-                raise DataError(f"{what}: no such file: {pattern!r}")
-            if os.path.isdir(pattern):
-                raise DataError(f"{what}: {pattern!r} is a directory; give a glob such as '{pattern}/*.txt'")
-            matches = [pattern]
-        for m in matches:
-            p = Path(m).resolve()
-            if p not in out:
-                out.append(p)
-    return out
-
-
-def strip_gz(path: Path) -> str:
-    """The name's meaningful suffix(es), lower case, without a trailing .gz: 'x.jsonl.gz' -> '.jsonl'."""
-    name = path.name.lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
-    return os.path.splitext(name)[1]
-
-
-def open_bytes(path: Path) -> IO[bytes]:
-    """Open for binary reading, decompressing gzip when the file starts with the gzip magic."""
-    f = open(path, "rb")
-    magic = f.read(2)
-    f.seek(0)
-    return gzip.GzipFile(fileobj=f, mode="rb") if magic == b"\x1f\x8b" else f  # type: ignore[return-value]
-
-
-_STREAM_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
-
-
-@contextlib.contextmanager
-def reading(path: Path, where: Callable[[], str] = lambda: "") -> Iterator[None]:
-    """Turn a truncated or corrupt gzip stream into a DataError naming the file and position."""
-    try:
-        yield
-    except _STREAM_ERRORS as e:
-        raise DataError(f"{path}{where()}: truncated or corrupt compressed file ({e})") from e
-
-
-def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """``(line number from 1, line without its end-of-line)``; errors on an empty file."""
-    lineno = 0
-    with open_bytes(path) as f, reading(path, lambda: f" after line {lineno}"):
-        for raw in f:
-            lineno += 1
-            yield lineno, raw.rstrip(b"\r\n")
-    if lineno == 0:
-        raise DataError(f"{path}: empty file")
-
-
-def decode_utf8(raw: bytes, path: Path, lineno: int) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from e
-
-
-# ---------------------------------------------------------------------------------------------
-# Cache: encoded corpora live in <cache_dir>/<kind>-<key>/, built once, atomically, under a lock
-# ---------------------------------------------------------------------------------------------
-
-CACHE_VERSION = 1
-
-
-def cache_root(cache_dir: str = "") -> Path:
-    root = cache_dir or os.environ.get("SSM_TRAIN_CACHE") or os.path.join("~", ".cache", "ssm_train", "data")
-    return Path(os.path.expanduser(root))
-
-
-def fingerprint(path: Path) -> dict[str, Any]:
-    """What makes a cached encoding of ``path`` stale: its absolute path, size and mtime."""
-    st = path.stat()
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def cache_key(obj: Any) -> str:
-    blob = json.dumps({"version": CACHE_VERSION, "key": obj}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def cached_dir(root: Path, kind: str, key: Any, build: Callable[[Path], None]) -> Path:
-    """``root/kind-<hash(key)>``, running ``build(tmp_dir)`` first if it does not exist yet.
-
-    Concurrent builders (DDP ranks on one node) serialise on a lock file; the result appears by
-    an atomic rename, so a crashed build never leaves a half-written cache behind.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{kind}-{cache_key(key)}"
-    if (final / "meta.json").exists():
-        return final
-    with open(root / f".{final.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (final / "meta.json").exists():
-            return final
-        tmp = root / f".{final.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            build(tmp)
-            if not (tmp / "meta.json").exists():
-                raise RuntimeError(f"cache builder for {kind} wrote no meta.json")
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1, sort_keys=True))
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-class ArrayWriter:
-    """Append numpy arrays of one dtype to a raw binary file, buffered; ``len`` = items written."""
-
-    def __init__(self, path: Path, dtype: np.dtype, flush_items: int = 1 << 22):
-        self.f = open(path, "wb")
-        self.dtype, self.flush_items = np.dtype(dtype), flush_items
-        self.parts: list[np.ndarray] = []
-        self.pending = 0
-        self.n = 0
-
-    def add(self, a: np.ndarray) -> None:
-        self.parts.append(np.asarray(a, dtype=self.dtype))
-        self.pending += len(a)
-        self.n += len(a)
-        if self.pending >= self.flush_items:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.parts:
-            self.f.write(np.concatenate(self.parts).tobytes())
-            self.parts, self.pending = [], 0
-
-    def close(self) -> None:
-        self.flush()
-        self.f.close()
-
-    def __len__(self) -> int:
-        return self.n
-
-
-class LazyMemmap:
-    """A read-only memmap opened on first use in each process (pickles as its path, not its data)."""
-
-    def __init__(self, path: Path, dtype: str, length: int):
-        self.path, self.dtype, self.length = Path(path), dtype, int(length)
-        self._array: np.ndarray | None = None
-
-    @property
-    def array(self) -> np.ndarray:
-        if self._array is None:
-            if self.length == 0:
-                self._array = np.zeros(0, dtype=self.dtype)
-            else:
-                self._array = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.length,))
-        return self._array
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "dtype": self.dtype, "length": self.length, "_array": None}
-
-    def __len__(self) -> int:
-        return self.length
