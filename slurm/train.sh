@@ -19,9 +19,14 @@
 #
 # Preemption and time limits: SLURM sends SIGUSR1 to every task 90 s before the end
 # (--signal=USR1@90; not B:USR1, which reaches the batch shell only and leaves the ranks waiting at
-# the checkpoint barrier). The CLI (Lightning's auto-requeue) saves a checkpoint and runs
-# `scontrol requeue`; the requeued job keeps its job id, so it finds the same run directory
-# `runs/<name>/` and resumes from it (`checkpoint.resume=auto`). The log is appended to.
+# the checkpoint barrier). The CLI (ssm_train/slurm.py: RequeueOnSignal; Lightning's auto-requeue
+# is off) saves a checkpoint at a step boundary and rank 0 runs `scontrol requeue`; the requeued
+# job keeps its job id, so it finds the same run directory `runs/<name>/` and resumes from it
+# (`checkpoint.resume=auto`). The log is appended to.
+# When SLURM ends or requeues the job itself (`scontrol requeue`, `scancel`, the time limit,
+# pre-emption without a signal) every task gets SIGTERM, then SIGKILL KillWait seconds later
+# (30 by default): the ranks save a checkpoint at the next step boundary and exit 0 without
+# requeueing (SLURM has requeued the job already, or ends it). Nothing here requeues or traps.
 #
 # Environment (export before sbatch; sbatch passes the submitting environment on):
 #   SSM_TRAIN_VENV   virtualenv to activate (its bin/activate)                        [none]
@@ -161,7 +166,8 @@ say "$(date -Is) job $SLURM_JOB_ID${SLURM_ARRAY_TASK_ID:+ (array $job_key)} rest
 on ${SLURM_JOB_NODELIST:-?}: $nnodes node(s) x $tasks_per_node task(s), $gpus_per_node GPU(s)/node"
 say "run $name in $PWD"
 say "srun $(printf '%q ' "${cmd[@]}")"
-# --kill-on-bad-exit: a rank that dies must not leave the others waiting in a collective.
+# --kill-on-bad-exit: a rank that dies must not leave the others waiting in a collective (they also
+# notice it themselves and exit 1 naming the lost rank; ssm_train/faults.py).
 srun --kill-on-bad-exit=1 --ntasks-per-node="$tasks_per_node" "${srun_args[@]}" "${cmd[@]}"
 rc=$?
 say "$(date -Is) srun exited with status $rc"

@@ -30,23 +30,36 @@ from pathlib import Path
 from ssm_train import export, reproduce
 from ssm_train.config import Config, load_config, to_yaml
 from ssm_train.errors import CheckpointWriteError, ConfigError, NonFiniteLossError
+from ssm_train.paths import project_file
 from ssm_train.sweeps import cli as sweep
 
 DEFAULT_EXPERIMENT = Path("configs/experiment/default.yaml")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def default_experiment() -> list[Path]:
     """``configs/experiment/default.yaml`` of the working directory, else of the source checkout."""
-    for root in (Path.cwd(), REPO_ROOT):
-        if (root / DEFAULT_EXPERIMENT).is_file():
-            return [root / DEFAULT_EXPERIMENT]
-    return []
+    path = project_file(DEFAULT_EXPERIMENT)
+    return [path] if path else []
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """A subcommand's parser that takes ``key=value`` overrides before, between or after options
+    (``fit -c a.yaml x=1 --ckpt c y=2``, ``sweep FILE --local k=v``): plain argparse fills a
+    ``nargs="*"`` positional once, at its first run of words, and rejects the words after an option."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        if getattr(self, "_inner", False):  # parse_known_intermixed_args calls back into this
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ssm-train", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=IntermixedParser)
     for name, help_ in [("fit", "train a model"), ("validate", "evaluate on validation data"),
                         ("test", "evaluate on test data"), ("config", "print the resolved config")]:
         s = sub.add_parser(name, help=help_)
@@ -160,35 +173,28 @@ QUIET = [
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse the command line; ``key=value`` overrides may come before, between or after options.
-
-    argparse fills a ``nargs="*"`` positional once, so overrides after an option (``--ckpt x a=1``)
-    come back unparsed; they are appended in the order given (later overrides win)."""
-    parser = _parser()
-    args, extra = parser.parse_known_args(argv)
-    if hasattr(args, "overrides"):
-        late = [a for a in extra if "=" in a and not a.startswith("-")]
-        args.overrides = [*args.overrides, *late]
-        extra = [a for a in extra if a not in late]
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return args
+    """Parse the command line; overrides may come anywhere after the subcommand (IntermixedParser)."""
+    return _parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for pattern in QUIET:
         warnings.filterwarnings("ignore", message=pattern)
-    from ssm_train.tasks.base import NonFiniteLossError
-
     try:
         return COMMANDS[args.command](args)
     except ConfigError as e:
         print(f"ssm-train {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, CheckpointWriteError) as e:
         print(f"ssm-train {args.command}: training stopped: {e}", file=sys.stderr)
         return 1
+    except Exception as e:  # a lost rank: name it and the checkpoint to resume from (exit 1), else re-raise
+        from ssm_train.faults import lost_rank_exit
+
+        if (status := lost_rank_exit(e, args.command)) is None:
+            raise
+        return status
     finally:
         release_process_group()
 

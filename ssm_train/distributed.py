@@ -38,6 +38,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from ssm_train.config import Config
 from ssm_train.errors import ConfigError
+from ssm_train.paths import project_file, search_roots
 
 if TYPE_CHECKING:
     import lightning as L
@@ -49,7 +50,6 @@ DEEPSPEED = ("deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_2_offloa
 STRATEGIES = ("auto", "ddp", "fsdp", "hsdp", *DEEPSPEED)
 PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed")
 DEEPSPEED_CONFIG_DIR = Path("configs") / "deepspeed"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def on_cpu(cfg: Config) -> bool:
@@ -67,8 +67,10 @@ def build_strategy(cfg: Config) -> Strategy | str:
     backend = "gloo" if on_cpu(cfg) else "nccl"
     if name == "auto":
         return "auto"
-    if name == "ddp":
-        return DDPStrategy(process_group_backend=backend)
+    if name == "ddp":  # a lost rank is reported by the ranks, and a silent one times out (ssm_train/faults.py)
+        from ssm_train.faults import ReportingDDPStrategy, collective_timeout
+
+        return ReportingDDPStrategy(process_group_backend=backend, timeout=collective_timeout())
     if name in ("fsdp", "hsdp"):
         if precision == "16-mixed":  # fp16 needs a sharded gradient scaler, which Lightning does not offer
             raise ConfigError(f"key 'trainer.precision': 16-mixed is not supported with trainer.strategy={name}; "
@@ -186,11 +188,11 @@ def deepspeed_config_path(name: str) -> Path:
     if name not in DEEPSPEED:
         raise ConfigError(f"key 'trainer.strategy': '{name}' is not a DeepSpeed strategy ({', '.join(DEEPSPEED)})")
     filename = name.removeprefix("deepspeed_") + ".json"
-    for root in (Path.cwd(), REPO_ROOT):
-        if (root / DEEPSPEED_CONFIG_DIR / filename).is_file():
-            return root / DEEPSPEED_CONFIG_DIR / filename
-    raise ConfigError(f"key 'trainer.strategy': {DEEPSPEED_CONFIG_DIR / filename} not found (in {Path.cwd()} "
-                      f"or {REPO_ROOT})")
+    path = project_file(DEEPSPEED_CONFIG_DIR / filename)
+    if path is None:
+        raise ConfigError(f"key 'trainer.strategy': {DEEPSPEED_CONFIG_DIR / filename} not found (in "
+                          f"{' or '.join(map(str, search_roots()))})")
+    return path
 
 
 def deepspeed_config(name: str) -> dict:

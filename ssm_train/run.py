@@ -34,6 +34,7 @@ from ssm_train.config import Config, to_dict, to_yaml
 from ssm_train.data.kinds import build_datamodule
 from ssm_train.distributed import DEEPSPEED, build_strategy
 from ssm_train.errors import ConfigError
+from ssm_train.faults import FaultWatch
 from ssm_train.loggers import RestartableCSVLogger
 from ssm_train.run_lock import hold_run_dir
 from ssm_train.slurm import build_plugins, slurm_callbacks, slurm_topology
@@ -180,7 +181,7 @@ def build_trainer(cfg: Config, run_dir: Path, task: SequenceTask,
         val_check_interval=t.val_check_interval, check_val_every_n_epoch=None,
         limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar, logger=build_loggers(cfg, run_dir),
-        callbacks=[*build_callbacks(cfg, run_dir, task), *slurm_callbacks(cfg), *extra_callbacks],
+        callbacks=[*build_callbacks(cfg, run_dir, task), FaultWatch(), *slurm_callbacks(cfg), *extra_callbacks],
         num_sanity_val_steps=0,
     )
 

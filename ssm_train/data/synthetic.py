@@ -31,6 +31,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ssm_train.data.base import DataSpec
 from ssm_train.data.config import DataConfig
+from ssm_train.data.stream import resolve_rank
 from ssm_train.errors import DataError
 
 Sample = dict[str, torch.Tensor]
@@ -192,7 +193,7 @@ class SyntheticStream(IterableDataset):
         self.world_size: int | None = None  # of the run that consumed them
 
     def __iter__(self) -> Iterator[Sample]:
-        rank, world = _rank_world(*self._rank_world)
+        rank, world = resolve_rank(*self._rank_world)
         if self.world_size not in (None, world):  # resumed from a run with another number of ranks
             self.consumed = self.consumed * self.world_size // world
         self.world_size = world
@@ -212,16 +213,6 @@ class SyntheticStream(IterableDataset):
     def load_state_dict(self, state: dict) -> None:
         self.consumed = int(state["consumed"])
         self.world_size = state.get("world_size")
-
-
-def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    import os
-
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 # ---------------------------------------------------------------------------------- data module
@@ -248,7 +239,7 @@ class SyntheticDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> ResumableDataLoader:
         n = self.cfg.val_batches * self.cfg.batch_size
-        world = _rank_world(None, None)[1]
+        world = resolve_rank()[1]
         if n < world:  # every rank would get n // world = 0 samples and no metric could be computed
             raise DataError(f"keys 'data.val_batches' x 'data.batch_size': {self.cfg.val_batches} x "
                             f"{self.cfg.batch_size} = {n} validation samples cannot be split over {world} ranks; "

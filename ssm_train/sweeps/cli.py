@@ -16,20 +16,6 @@ from ssm_train.sweeps.trials import FINISHED
 from ssm_train.sweeps.validate import read_sweep
 
 
-class _IntermixedParser(argparse.ArgumentParser):
-    """Overrides may come before or after options (``FILE --local k=v``): plain argparse stops
-    filling a ``nargs="*"`` positional at the first option and rejects the words after it."""
-
-    def parse_known_args(self, args=None, namespace=None):
-        if getattr(self, "_inner", False):  # parse_known_intermixed_args calls back into this
-            return super().parse_known_args(args, namespace)
-        self._inner = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._inner = False
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ssm_train import sweeps  # its docstring: initialised by the time the CLI builds its parser
 
@@ -49,7 +35,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--wait", action="store_true", help="--slurm: wait for the array (sbatch --wait), then collect")
     s.add_argument("--print-only", action="store_true", help="online: create the sweep, print the agent line")
     s.add_argument("overrides", nargs="*", metavar="key.sub=value", help="overrides for every trial")
-    s.__class__ = _IntermixedParser
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

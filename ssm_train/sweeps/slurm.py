@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ssm_train.paths import project_file, search_roots
 from ssm_train.sweeps.propose import n_trials, propose
 from ssm_train.sweeps.report import write_results
 from ssm_train.sweeps.spec import Sweep, SweepError
@@ -39,10 +40,10 @@ class SlurmSubmission:
 
 def train_sh() -> Path:
     """``slurm/train.sh`` of the working directory, else of the source checkout."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (root / "slurm" / "train.sh").is_file():
-            return root / "slurm" / "train.sh"
-    raise SweepError("slurm/train.sh not found (run from the project root)")
+    path = project_file("slurm/train.sh")
+    if path is None:
+        raise SweepError(f"slurm/train.sh not found (in {' or '.join(map(str, search_roots()))})")
+    return path
 
 
 def slurm_indices(sweep: Sweep, count: int | None, store: TrialStore) -> range:

@@ -43,6 +43,17 @@ def run_cli(runs_dir: Path, name: str, *overrides: str, timeout: float = 150) ->
     return proc
 
 
+def start_cli(runs_dir: Path, name: str, *overrides: str, entry: list[str] | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``run_cli`` without waiting: the process of rank zero, its stdout and stderr piped (rank 1,
+    started by Lightning, writes to the same pipes, so they reach EOF when every rank has exited).
+    ``entry`` replaces ``python -m ssm_train`` (Lightning re-runs it for rank 1 too)."""
+    cmd = [*(entry or [sys.executable, "-m", "ssm_train"]), "fit", "-c", str(DEFAULT), f"runs_dir={runs_dir}",
+           f"name={name}", *TINY, *overrides]
+    return subprocess.Popen(cmd, cwd=runs_dir, env={**cli_env(), **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
 def last_ckpt(runs_dir: Path, name: str) -> dict:
     return torch.load(runs_dir / name / "checkpoints" / "last.ckpt", weights_only=True)
 
@@ -56,6 +67,10 @@ class Runs:
 
     def run(self, name: str, *overrides: str) -> subprocess.CompletedProcess[str]:
         return run_cli(self.dir, name, *overrides)
+
+    def start(self, name: str, *overrides: str, entry: list[str] | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return start_cli(self.dir, name, *overrides, entry=entry, env=env)
 
     def ckpt(self, name: str) -> dict:
         return last_ckpt(self.dir, name)

@@ -25,7 +25,7 @@ def cfg(*overrides: str, runs_dir: Path | None = None):
 def test_auto_ddp_and_fsdp_on_cpu_use_gloo():
     assert build_strategy(cfg("trainer.accelerator=cpu")) == "auto"
     ddp = build_strategy(cfg("trainer.accelerator=cpu", "trainer.strategy=ddp"))
-    assert type(ddp) is DDPStrategy and ddp.process_group_backend == "gloo"
+    assert isinstance(ddp, DDPStrategy) and ddp.process_group_backend == "gloo"  # ReportingDDPStrategy (faults.py)
     fsdp = build_strategy(cfg("trainer.accelerator=cpu", "trainer.strategy=fsdp", "trainer.precision=bf16-mixed"))
     assert isinstance(fsdp, FSDP2Strategy) and fsdp.process_group_backend == "gloo" and not fsdp.hybrid
     hsdp = build_strategy(cfg("trainer.accelerator=cpu", "trainer.strategy=hsdp"))

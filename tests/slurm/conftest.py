@@ -8,7 +8,7 @@ SSM_SLURM_KEEP=1. Tests submit from their own directory (`slurm_workdir`, with `
     assert job.returncode == 0, job.log()
 
 or without waiting: `job = slurm_cluster.sbatch(..., wait=False)`, then `slurm_cluster.wait_for_log`,
-`slurm_cluster.signal(job, "USR1")`, `slurm_cluster.wait_until_done(job)`.
+`slurm_cluster.signal(job, "USR1")` or `slurm_cluster.requeue(job)`, `slurm_cluster.wait_until_done(job)`.
 """
 
 from __future__ import annotations
@@ -170,6 +170,11 @@ class SlurmCluster:
     def signal(self, job: Job, sig: str = "USR1", *, batch_shell: bool = False) -> None:
         """Sends `sig` to every task of the job's steps (as --signal=USR1@N does), or to the batch shell."""
         self.run("scancel", f"--signal={sig}", *(["--batch"] if batch_shell else []), job.id)
+
+    def requeue(self, job: Job) -> None:
+        """`scontrol requeue`, as an administrator or a pre-empting scheduler would: no signal of ours
+        first; SLURM sends SIGTERM to every task, then SIGKILL after KillWait, and queues the job again."""
+        self.run("scontrol", "requeue", job.id)
 
     def node_state(self) -> str:
         return self.run("sinfo", "-h", "-N", "-o", "%T").stdout.strip()
