@@ -18,8 +18,8 @@ from ssm_train.cli import main
 from ssm_train.config import load_config
 from ssm_train.errors import CheckpointWriteError
 from tests.disk import fill_disk, mount_tmpfs
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["model.d_model=8", "model.n_layers=1", "model.d_state=4", "data.seq_len=16", "data.lag=4",
          "data.batch_size=4", "data.val_batches=1", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
          "trainer.enable_progress_bar=false", "logger.mode=disabled", "trainer.accelerator=cpu",

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from ssm_train.run_lock import LOCK_NAME, RunDirInUse, hold_run_dir
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.d_model=8", "model.n_layers=1", "model.d_state=4", "data.seq_len=16", "data.lag=4",
         "data.batch_size=4", "data.val_batches=1", "trainer.val_check_interval=50", "trainer.limit_val_batches=1",
         "trainer.enable_progress_bar=false", "logger.mode=disabled", "trainer.accelerator=cpu",

@@ -20,8 +20,8 @@ import torch
 
 from ssm_train.cli import main
 from tests.disk import fill_disk, mount_tmpfs
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 
 FIT_DEFAULTS = ["logger.mode=disabled", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from ssm_train.cli import main, parse_args
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted((ROOT / "configs" / "experiment").glob("*.yaml"))
 TINY = ["model.d_model=8", "model.n_layers=1", "model.d_state=4", "data.seq_len=16", "data.lag=4", "data.n_pairs=4", "data.n_queries=4", "data.batch_size=4",
         "data.val_batches=2", "trainer.max_steps=6", "trainer.val_check_interval=3",

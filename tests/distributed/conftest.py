@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ROOT / "configs/experiment/default.yaml"
 # A tiny copy task. Constant learning rate (no warm-up, no decay): the schedule does not depend on
 # trainer.max_steps, so a run stopped at step 6 and resumed to 9 is comparable with one run to 9.

@@ -12,8 +12,8 @@ from ssm_train.cli import main
 from ssm_train.config import load_config
 from ssm_train.export import ExportError, export_checkpoint
 from ssm_train.run import build_data_and_task
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model.d_model=8", "model.n_layers=1", "model.d_state=4", "data.seq_len=16", "data.lag=4",
         "data.batch_size=4", "data.val_batches=1", "trainer.limit_val_batches=1", "trainer.val_check_interval=3",
         "checkpoint.every_n_steps=3", "trainer.enable_progress_bar=false", "logger.mode=disabled",

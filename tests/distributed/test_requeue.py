@@ -19,8 +19,8 @@ from ssm_train.config import load_config
 from ssm_train.loggers import RestartableCSVLogger
 from ssm_train.slurm import RequeueOnSignal, Requeued
 from ssm_train.run import fit
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["model.d_model=8", "model.n_layers=2", "model.d_state=4", "data.seq_len=16", "data.lag=4",
          "data.batch_size=4", "data.val_batches=1", "trainer.limit_val_batches=1", "trainer.val_check_interval=4",
          "checkpoint.every_n_steps=4", "trainer.enable_progress_bar=false", "logger.mode=disabled",

@@ -13,8 +13,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from ssm_train.config import ConfigError, load_config
 from ssm_train.distributed import DEEPSPEED, STRATEGIES, FSDP2Strategy, build_strategy, deepspeed_config
 from ssm_train.run import resume_path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import ROOT
 
 
 def cfg(*overrides: str, runs_dir: Path | None = None):

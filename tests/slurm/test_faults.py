@@ -29,11 +29,11 @@ import torch
 from ssm_train.config import load_config
 from ssm_train.run import fit
 from ssm_train.slurm import RequeueOnSignal, Terminated
+from tests.paths import ROOT
 
 if TYPE_CHECKING:  # fixtures (slurm_cluster) come from conftest.py
     from conftest import Job, SlurmCluster
 
-ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SH = ROOT / "slurm" / "train.sh"
 STEPS = 200
 # As tests/slurm/test_train.py, with W&B logging offline (the run id must survive the requeue).

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
+from tests.paths import ROOT
+
 if TYPE_CHECKING:  # fixtures (slurm_cluster) come from conftest.py
     from conftest import Job, SlurmCluster
 
-ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SH = ROOT / "slurm" / "train.sh"
 STEPS = 200
 # Constant learning rate, a clip that acts, a log row every step, checkpoints every 50 steps.

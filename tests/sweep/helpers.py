@@ -9,8 +9,8 @@ from pathlib import Path
 import yaml
 
 from ssm_train.run import FitResult
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 SWEEP_FILES = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
 DEFAULT = str(ROOT / "configs" / "experiment" / "default.yaml")
 TINY = ["model.d_model=8", "model.n_layers=1", "model.d_state=4", "data.seq_len=16", "data.lag=4",

@@ -10,8 +10,8 @@ import torch
 
 from ssm_train.config import load_config
 from ssm_train.run import fit
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["model.d_model=16", "model.n_layers=2", "model.d_state=8", "model.dropout=0.2", "data.seq_len=24",
          "data.lag=4", "data.batch_size=4", "data.val_batches=1", "trainer.max_steps=10",
          "trainer.val_check_interval=5", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
