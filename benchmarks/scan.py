@@ -24,7 +24,8 @@ from collections.abc import Callable
 
 import torch
 
-from ssm_train.nn.scan import cpp_available, linear_scan, reference_scan
+from ssm_train.ops.backend import cpp_available
+from ssm_train.ops.scan import linear_scan, reference_scan
 
 B, D = 8, 256
 

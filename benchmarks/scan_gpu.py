@@ -35,8 +35,8 @@ from collections.abc import Callable  # noqa: E402
 
 import torch  # noqa: E402
 
-from ssm_train.nn import scan_triton  # noqa: E402
-from ssm_train.nn.scan import linear_scan  # noqa: E402
+from ssm_train.ops import scan_triton  # noqa: E402
+from ssm_train.ops.scan import linear_scan  # noqa: E402
 
 TARGET_X_FLOOR = 1.5
 REPEATS, WARMUP = 10, 2  # per measurement (the dry run lowers them: the interpreter is slow)

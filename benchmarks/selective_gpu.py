@@ -27,7 +27,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from ssm_train.nn import selective_scan as ss  # noqa: E402
+from ssm_train.ops import selective_scan as ss  # noqa: E402
 
 
 def make_inputs(Bsz: int, L: int, E: int, N: int, device, dtype=torch.float32, seed: int = 0):

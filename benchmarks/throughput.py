@@ -40,36 +40,36 @@ from dataclasses import dataclass  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from ssm_train.nn import Backbone, param_groups  # noqa: E402
+from ssm_train.nn import Backbone, get_layer, mixer_factory, param_groups  # noqa: E402
 
 VOCAB, N_LAYERS, REFERENCE_D_MODEL = 256, 2, 128
-KINDS = ("lru", "s4d", "s4d_scan", "selective", "selective_scan", "transformer")
 
 
 @dataclass(frozen=True)
 class Shape:
-    kind: str  # the Backbone's mixer
+    kind: str  # the Backbone's mixer: a registered model.kind
     d_state: int  # LRU: N; S4D: complex modes per channel; selective: N; transformer: head dim
     multiple: int  # d_model must be a multiple of this (transformer: the head dimension)
-    mode: str | None = None  # S4D: conv (FFT, the default) | scan (the recurrence)
+    layer: dict | None = None  # fields of the kind's config (model.<kind>.*), e.g. S4D's mode
     selective_backend: str = "auto"  # selective: auto (fused on CPU) | scan (materialised [B, L, E·N])
 
 
 SHAPES = {
     "lru": Shape("lru", REFERENCE_D_MODEL, 8),
-    "s4d": Shape("s4d", 32, 8, "conv"),
-    "s4d_scan": Shape("s4d", 32, 8, "scan"),
+    "s4d": Shape("s4d", 32, 8, {"mode": "conv"}),
+    "s4d_scan": Shape("s4d", 32, 8, {"mode": "scan"}),
     "selective": Shape("selective", 16, 8),
     "selective_scan": Shape("selective", 16, 8, selective_backend="scan"),
     "transformer": Shape("transformer", 32, 32),
+    "rglru": Shape("rglru", 1, 8),  # Hawk's RG-LRU block (its state is d_rnn wide: d_state unused)
 }
+KINDS = tuple(SHAPES)
 
 
 def build(kind: str, d_model: int) -> Backbone:
     s = SHAPES[kind]
-    layer_kwargs = {"mode": s.mode} if s.mode else None
-    return Backbone(vocab_size=VOCAB, d_model=d_model, n_layers=N_LAYERS, d_state=s.d_state, kind=s.kind,
-                    layer_kwargs=layer_kwargs)
+    config = get_layer(s.kind).config_cls(**(s.layer or {}))
+    return Backbone(vocab_size=VOCAB, d_model=d_model, n_layers=N_LAYERS, mixer=mixer_factory(s.kind, s.d_state, config))
 
 
 def n_params(model: torch.nn.Module) -> int:

@@ -17,7 +17,7 @@ import math
 import os
 import re
 import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,9 @@ from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, Omega
 from omegaconf.resolvers import oc
 
 from ssm_train.data.config import DataConfig, data_problems
+from ssm_train.nn import LAYERS
+from ssm_train.nn.init import INITS, init_problems
+from ssm_train.nn.registry import LayerContext
 from ssm_train.errors import ConfigError  # defined there (it imports nothing); still importable from here
 
 INCLUDE_KEY = "include"  # a YAML file may list other YAML files (relative to itself) merged first
@@ -33,10 +36,12 @@ INCLUDE_KEY = "include"  # a YAML file may list other YAML files (relative to it
 
 @dataclass
 class InitConfig:
-    """Eigenvalue initialisation (see ``ssm_train.nn.init``); only the fields the init uses matter."""
+    """Eigenvalue initialisation (see ``ssm_train.nn.init``, which validates these).
+
+    Every field is checked whatever the init; the layer gets the fields its init takes."""
 
     name: str = "ring"
-    r_min: float = 0.9  # ring/real: |λ| in [r_min, r_max]
+    r_min: float = 0.9  # ring/real: |λ| in [r_min, r_max], 0 <= r_min <= r_max <= 1
     r_max: float = 0.999
     max_phase: float = 2 * math.pi  # ring: arg λ uniform in [0, max_phase]
     dt_min: float = 1e-3  # s4d_* / mamba: Δ log-uniform in [dt_min, dt_max]
@@ -44,15 +49,12 @@ class InitConfig:
 
 
 @dataclass
-class ModelConfig:
-    kind: str = "lru"  # lru | real | s4d | selective | transformer (d_state = head dimension)
+class _ModelFields:
+    kind: str = "lru"  # a registered layer kind (ssm_train.nn.LAYERS): lru | real | s4d | selective | transformer | ...
     d_model: int = 64
     n_layers: int = 2
-    d_state: int = 64
+    d_state: int = 64  # state size per layer (transformer: the head dimension)
     init: InitConfig = field(default_factory=InitConfig)
-    normalize: bool = True  # LRU: input normalisation exp(gamma_log)
-    discretization: str = "zoh"  # S4D: zoh | bilinear
-    s4d_mode: str = "conv"  # S4D: conv (FFT convolution) | scan (the recurrence); same outputs, conv is faster
     norm: str = "layer"  # layer | rms | batch
     mlp: str = "glu"  # mlp | glu
     mlp_ratio: float = 2.0
@@ -60,6 +62,44 @@ class ModelConfig:
     bidirectional: bool = False
     pooling: str = "mean"  # classification head: mean | last
     tie_weights: bool = False  # LM head shares the embedding
+
+
+# One section per registered layer kind, named by it: model.lru.normalize, model.s4d.mode,
+# model.selective.expand, ... (the layer's own config dataclass, in the layer's file). Only the
+# section of model.kind is used.
+ModelConfig = make_dataclass(
+    "ModelConfig",
+    [(kind, spec.config_cls, field(default_factory=spec.config_cls)) for kind, spec in LAYERS.items()],
+    bases=(_ModelFields,),
+)
+ModelConfig.__module__ = __name__
+ModelConfig.__doc__ = "model.*: the shared keys, then one section per layer kind (ssm_train.nn.registry)."
+
+
+def layer_config(m: ModelConfig):
+    """The config section of the chosen kind (model.<kind>)."""
+    return getattr(m, m.kind)
+
+
+# Keys of model.* before the per-kind sections (checkpoints and config.yaml written until then).
+MOVED_MODEL_KEYS = {"normalize": ("lru", "normalize"), "discretization": ("s4d", "discretization"),
+                    "s4d_mode": ("s4d", "mode")}
+
+
+def upgrade_model_keys(d: dict) -> dict:
+    """A stored config dict with the old flat keys (model.normalize, model.discretization,
+    model.s4d_mode) moved to their sections; model.normalize goes to the section of its kind
+    (lru or real). Other dicts are returned unchanged."""
+    model = d.get("model") if isinstance(d, dict) else None
+    if not isinstance(model, dict) or not any(k in model for k in MOVED_MODEL_KEYS):
+        return d
+    model = dict(model)
+    for old, (section, key) in MOVED_MODEL_KEYS.items():
+        if old in model:
+            if old == "normalize" and model.get("kind") == "real":
+                section = "real"
+            model[section] = {**model.get(section, {}), key: model.pop(old)}
+    return {**d, "model": model}
 
 
 @dataclass
@@ -164,8 +204,9 @@ def to_dict(cfg: Config) -> dict:
 
 
 def from_dict(d: dict) -> Config:
-    """Inverse of :func:`to_dict` (for a config read back from a checkpoint or run directory)."""
-    merged = _merge(OmegaConf.structured(Config), OmegaConf.create(d), "stored config")
+    """Inverse of :func:`to_dict` (for a config read back from a checkpoint or run directory);
+    a config stored before the per-layer sections is upgraded first."""
+    merged = _merge(OmegaConf.structured(Config), OmegaConf.create(upgrade_model_keys(d)), "stored config")
     return _to_config(merged, source="stored config")
 
 
@@ -393,12 +434,10 @@ def _write_as(d: dict, path: tuple, text: str, value: Any) -> None:
 # ------------------------------------------------------------------------------------ validation
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.kind": ("lru", "real", "s4d", "selective", "transformer"),
+    "model.kind": tuple(LAYERS),
     "model.norm": ("layer", "rms", "batch"),
     "model.mlp": ("mlp", "glu"),
     "model.pooling": ("mean", "last"),
-    "model.discretization": ("zoh", "bilinear"),
-    "model.s4d_mode": ("conv", "scan"),
     "task.kind": ("auto", "lm", "classify", "regress"),
     "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
 }
@@ -413,8 +452,6 @@ def validate(cfg: Config) -> None:
         _check(_get(cfg, key) in valid, key, f"must be one of {', '.join(valid)}, got {_get(cfg, key)!r}")
     _check_model(cfg.model)
     from ssm_train.data.kinds import data_kinds  # the registry, with every built-in kind registered
-    from ssm_train.nn.init import INITS
-
     _check(cfg.model.init.name in INITS, "model.init.name", f"must be one of {', '.join(sorted(INITS))}")
     _check(cfg.data.kind in data_kinds(), "data.kind", f"must be one of {', '.join(data_kinds())}")
     for key in ("data.seq_len", "data.batch_size", "trainer.max_steps", "trainer.val_check_interval",
@@ -467,20 +504,11 @@ def _check_model(m: ModelConfig) -> None:
         _check(getattr(m, key) > 0, f"model.{key}", f"must be positive, got {getattr(m, key)}")
     _check(0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1), got {m.dropout}")
     _check(m.mlp_ratio > 0, "model.mlp_ratio", f"must be positive, got {m.mlp_ratio}")
-    if m.kind == "real":  # the real arm: phase fixed at 0, so the init must give positive real λ
-        _check(m.init.name in ("real", "s4d_real", "mamba"), "model.init.name",
-               f"kind=real needs a real init (real, s4d_real, mamba), got '{m.init.name}'")
-    if m.kind == "transformer":  # d_state is the attention head dimension
-        _check(m.d_state % 2 == 0 and m.d_model % m.d_state == 0, "model.d_state",
-               f"for kind=transformer it is the head dimension: even and dividing d_model={m.d_model}, "
-               f"got {m.d_state}")
-    i = m.init
-    _check(0 <= i.r_min, "model.init.r_min", f"must be >= 0, got {i.r_min}")
-    _check(i.r_max < 1, "model.init.r_max", f"must be < 1 for a stable recurrence, got {i.r_max}")
-    _check(i.r_min <= i.r_max, "model.init.r_min",
-           f"must be <= model.init.r_max, got r_min={i.r_min} > r_max={i.r_max}")
-    _check(i.max_phase >= 0, "model.init.max_phase", "must be >= 0")
-    _check(0 < i.dt_min <= i.dt_max, "model.init.dt_min", "must satisfy 0 < dt_min <= dt_max")
+    for key, problem in init_problems({k: v for k, v in vars(m.init).items() if k != "name"}, prefix="model.init."):
+        _check(False, key, problem)  # nn/init.py owns these rules (the inits raise the same)
+    context = LayerContext(kind=m.kind, d_model=m.d_model, d_state=m.d_state, init=m.init.name)
+    for key, problem in layer_config(m).problems(context):  # the layer's own rules, in its file
+        _check(False, f"model.{key}", problem)
 
 
 def _check_optim(o: OptimConfig) -> None:
@@ -578,13 +606,14 @@ class MemoryEstimate:
 
 
 def estimate_memory(cfg: Config) -> MemoryEstimate:
-    """Count the parameters that every model kind has at least (an MLP per block, an H x N state map),
-    the embedding where the vocabulary is known before the data is read, and the MLP input and hidden
-    activations that backward keeps per token and layer."""
+    """Count the parameters that the model has at least (an MLP per block, the mixer's lower bound from
+    its layer config, ``min_params``: d_model x d_state unless the layer says otherwise), the embedding
+    where the vocabulary is known before the data is read, and the MLP input and hidden activations
+    that backward keeps per token and layer."""
     m, d = cfg.model, cfg.data
     hidden = max(1, round(m.mlp_ratio * m.d_model))
     mlp = (3 if m.mlp == "glu" else 2) * m.d_model * hidden
-    mixer = m.d_model * m.d_state * (2 if m.bidirectional else 1)
+    mixer = layer_config(m).min_params(m.d_model, m.d_state) * (2 if m.bidirectional else 1)
     vocab = _vocab_lower_bound(d)
     embedding = vocab * m.d_model * (1 if m.tie_weights else 2)
     params = m.n_layers * (mlp + mixer) + embedding

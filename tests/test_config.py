@@ -47,7 +47,13 @@ def test_round_trip_through_plain_dict():
     (["modl.kind=lru"], "modl", "did you mean 'model'"),
     (["model.n_layers=four"], "model.n_layers", "could not be converted"),
     (["model.init.r_min=0.99", "model.init.r_max=0.9"], "model.init.r_min", "r_max"),
-    (["model.init.r_max=1.0"], "model.init.r_max", "< 1"),
+    (["model.init.r_max=1.0001"], "model.init.r_max", "<= 1"),
+    (["model.kind=s4d", "model.s4d.mode=fft"], "model.s4d.mode", "conv, scan"),
+    (["model.kind=s4d", "model.s4d.discretization=euler"], "model.s4d.discretization", "zoh, bilinear"),
+    (["model.s4d_mode=scan"], "model.s4d_mode", "valid keys here"),
+    (["model.kind=selective", "model.init.name=mamba", "model.selective.expand=0"], "model.selective.expand", ">= 1"),
+    (["model.kind=selective", "model.init.name=ring"], "model.init.name", "mamba"),
+    (["model.init.max_phase=7"], "model.init.max_phase", "[0, 2π]"),
     (["model.init.r_min=-0.1"], "model.init.r_min", ">= 0"),
     (["model.d_model=-4"], "model.d_model", "positive"),
     (["model.d_state=0"], "model.d_state", "positive"),
@@ -94,6 +100,29 @@ def test_transformer_head_dimension_is_checked():
     load_config([], ["model.kind=transformer", "model.d_model=64", "model.d_state=16"])
     with pytest.raises(ConfigError, match="'model.d_state'.*head dimension"):
         load_config([], ["model.kind=transformer", "model.d_model=64", "model.d_state=24"])
+
+
+def test_the_papers_ring_to_the_unit_circle_is_valid():
+    """ring_0.9_1 (|λ| in [0.9, 1]): nn/init.py's rule, |λ| <= 1, is the config's."""
+    cfg = load_config([], ["model.init.r_min=0.9", "model.init.r_max=1.0"])
+    assert cfg.model.init.r_max == 1.0
+
+
+def test_every_registered_kind_has_its_section_and_is_a_choice():
+    from ssm_train.nn import LAYERS
+
+    assert config_module.CHOICES["model.kind"] == tuple(LAYERS)
+    for kind, spec in LAYERS.items():
+        assert isinstance(getattr(Config().model, kind), spec.config_cls)
+    cfg = load_config([], ["model.kind=s4d", "model.s4d.mode=scan", "model.selective.dt_rank=3"])
+    assert (cfg.model.s4d.mode, cfg.model.selective.dt_rank) == ("scan", 3)
+
+
+def test_stored_configs_with_the_old_flat_model_keys_upgrade():
+    old = {"model": {"kind": "real", "normalize": False, "discretization": "bilinear", "s4d_mode": "scan"}}
+    cfg = from_dict(config_module.upgrade_model_keys(old))
+    assert (cfg.model.real.normalize, cfg.model.s4d.discretization, cfg.model.s4d.mode) == (False, "bilinear", "scan")
+    assert config_module.upgrade_model_keys({"seed": 1}) == {"seed": 1}
 
 
 def test_real_arm_needs_a_real_init():

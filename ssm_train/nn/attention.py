@@ -28,9 +28,14 @@ Transformer, and the spectrum plot is skipped.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ssm_train.nn.registry import LayerConfig, LayerContext, register_layer
 
 KVCache = tuple[Tensor, Tensor]  # (keys, values), each [B, n_heads, t, head_dim]
 
@@ -51,6 +56,10 @@ def rotary(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
 
 
 class CausalSelfAttention(nn.Module):
+    """Causal multi-head self-attention with rotary positions (the Transformer baseline)."""
+
+    recurrent_params = ()  # nothing recurrent: every parameter is an ordinary weight
+
     def __init__(
         self,
         d_model: int,
@@ -116,3 +125,28 @@ class CausalSelfAttention(nn.Module):
             k, v = torch.cat([state[0], k], dim=2), torch.cat([state[1], v], dim=2)
         y = F.scaled_dot_product_attention(q, k, v)  # the one query sees every cached key
         return self._merge(y)[:, 0], (k, v)
+
+
+# -- registration: model.kind = transformer --------------------------------------------------------
+
+
+@dataclass
+class TransformerConfig(LayerConfig):
+    """model.transformer.* (model.d_state is the head dimension)"""
+
+    rope_base: float = 10000.0  # RoPE: θ_i = rope_base^(-2i/head_dim)
+    bias: bool = False  # biases in W_qkv and W_o
+
+    def problems(self, ctx: LayerContext) -> Iterator[tuple[str, str]]:
+        if not (ctx.d_state % 2 == 0 and ctx.d_model % ctx.d_state == 0):
+            yield "d_state", (f"for kind={ctx.kind} it is the head dimension: even and dividing "
+                              f"d_model={ctx.d_model}, got {ctx.d_state}")
+        if not self.rope_base > 1:
+            yield f"{ctx.kind}.rope_base", f"must be > 1, got {self.rope_base}"
+
+    def min_params(self, d_model: int, d_state: int) -> int:
+        return 4 * d_model * d_model  # W_qkv and W_o
+
+
+register_layer("transformer", CausalSelfAttention, TransformerConfig, recurrent=False,
+               doc="causal self-attention with rotary positions, the baseline (d_state = head dimension)")

@@ -1,7 +1,8 @@
 """The whole model: encoder -> n_layers × Block -> final norm -> head.
 
     encoder   token embedding (vocab_size) or linear map (d_input) to d_model
-    blocks    pre-norm residual blocks (block.py), mixer chosen by `kind` from MIXERS
+    blocks    pre-norm residual blocks (block.py), each mixer made by `mixer(d_model, reverse)`
+              (registry.py: mixer_factory(kind, d_state, config); default: an LRU, d_state = 64)
     head      lm        logits over the vocabulary per step (optionally tied to the embedding)
               classify  pooling over time (mean, optionally masked, or last) then a linear map
               regress   a linear map per step to d_output
@@ -12,12 +13,11 @@ the recurrences use their own eigenvalue inits; every other layer keeps PyTorch'
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
 from ssm_train.nn.block import NORMS, Block, _lookup
+from ssm_train.nn.registry import MixerFactory
 
 HEADS = ("lm", "classify", "regress")
 POOLINGS = ("mean", "last")
@@ -30,9 +30,7 @@ class Backbone(nn.Module):
         d_input: int | None = None,
         d_model: int = 128,
         n_layers: int = 4,
-        d_state: int = 64,
-        kind: str = "lru",
-        layer_kwargs: dict[str, Any] | None = None,
+        mixer: MixerFactory | None = None,
         norm: str = "layer",
         mlp: str = "glu",
         mlp_ratio: float = 2.0,
@@ -71,7 +69,7 @@ class Backbone(nn.Module):
             self.encoder = nn.Linear(d_input, d_model)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            Block(d_model, d_state, kind, layer_kwargs, norm, mlp, mlp_ratio, dropout, bidirectional, merge)
+            Block(d_model, mixer, norm, mlp, mlp_ratio, dropout, bidirectional, merge)
             for _ in range(n_layers)
         )
         self.norm_f = _lookup(NORMS, norm, "norm")(d_model)

@@ -3,33 +3,22 @@
     x = x + dropout(mixer(norm1(x)))
     x = x + dropout(mlp(norm2(x)))
 
-Mixers come from the `MIXERS` registry (name -> class called as cls(d_model=H, d_state=N,
-reverse=..., **layer_kwargs)). A bidirectional block runs a forward and a reversed mixer on the
-same normalised input and sums their outputs (merge="sum") or concatenates and projects them
-(merge="concat"); it has no step(), since the backward recurrence needs the future.
+The mixer comes from a factory, `mixer(d_model, reverse) -> nn.Module` (nn/registry.py makes one
+per registered kind: `mixer_factory("lru", d_state=64)`), so the block knows no layer by name. A
+bidirectional block runs a forward and a reversed mixer on the same normalised input and sums their
+outputs (merge="sum") or concatenates and projects them (merge="concat"); it has no step(), since
+the backward recurrence needs the future.
 """
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssm_train.nn.attention import CausalSelfAttention
-from ssm_train.nn.lru import LRU
-from ssm_train.nn.s4d import S4D
-from ssm_train.nn.selective import SelectiveSSM
-
-MIXERS: dict[str, Callable[..., nn.Module]] = {
-    "lru": LRU,
-    "real": partial(LRU, complex=False),
-    "s4d": S4D,
-    "selective": SelectiveSSM,
-    "transformer": CausalSelfAttention,  # the attention baseline: d_state is the head dimension
-}
+from ssm_train.nn.registry import MixerFactory, mixer_factory
 
 
 def _lookup(registry: dict, name: str, what: str):
@@ -101,12 +90,12 @@ MLPS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "glu": GLU}
 
 
 class Block(nn.Module):
+    """x + dropout(mixer(norm1(x))), then x + dropout(mlp(norm2(x))); mixer = mixer(d_model, reverse)."""
+
     def __init__(
         self,
         d_model: int,
-        d_state: int = 64,
-        kind: str = "lru",
-        layer_kwargs: dict[str, Any] | None = None,
+        mixer: MixerFactory | None = None,
         norm: str = "layer",
         mlp: str = "glu",
         mlp_ratio: float = 2.0,
@@ -115,20 +104,17 @@ class Block(nn.Module):
         merge: str = "sum",
     ):
         super().__init__()
-        make_mixer = _lookup(MIXERS, kind, "mixer kind")
+        make_mixer = mixer if mixer is not None else mixer_factory("lru")
         make_norm = _lookup(NORMS, norm, "norm")
         make_mlp = _lookup(MLPS, mlp, "mlp")
         if merge not in ("sum", "concat"):
             raise ValueError(f"merge must be 'sum' or 'concat', got merge={merge!r}")
-        layer_kwargs = dict(layer_kwargs or {})
-        if "reverse" in layer_kwargs:
-            raise ValueError("layer_kwargs may not set 'reverse'; use bidirectional=True")
         self.bidirectional, self.merge = bidirectional, merge
 
         self.norm1 = make_norm(d_model)
-        self.mixer = make_mixer(d_model=d_model, d_state=d_state, **layer_kwargs)
+        self.mixer = make_mixer(d_model, reverse=False)
         if bidirectional:
-            self.mixer_bwd = make_mixer(d_model=d_model, d_state=d_state, reverse=True, **layer_kwargs)
+            self.mixer_bwd = make_mixer(d_model, reverse=True)
             if merge == "concat":
                 self.merge_proj = nn.Linear(2 * d_model, d_model)
         self.norm2 = make_norm(d_model)

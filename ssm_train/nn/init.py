@@ -74,42 +74,53 @@ def init_eigenvalues(
 
 
 # ---------------------------------------------------------------------------------------------
-# Precision: the recurrence runs in float32 or wider, also under bf16/fp16 autocast or bf16 weights.
+# Validation: the one place where init parameters are checked. The inits below raise the first
+# problem; ssm_train/config.py reports it under the config key (prefix "model.init.").
 
 
-def at_least_float32(x: Tensor) -> Tensor:
-    """Upcast half-precision tensors to float32; leave float32/float64/complex alone."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-# ---------------------------------------------------------------------------------------------
-# Validation
-
-
-def _check_radii(r_min: float, r_max: float) -> None:
+def radius_problems(r_min: float, r_max: float, *, names: tuple[str, str] = ("r_min", "r_max"),
+                    prefix: str = "") -> list[tuple[str, str]]:
+    """0 <= r_min <= r_max <= 1. r_max = 1 is allowed: the draws are |λ| < 1 (the layers clamp a
+    draw that rounds to 1 at 1 - 1e-7, so nu_log = log(-log|λ|) stays finite), and the LRU paper's
+    own ring [0.9, 1] needs it."""
+    lo, hi = (prefix + n for n in names)
     if not 0.0 <= r_min:
-        raise ValueError(f"r_min must satisfy 0 <= r_min <= r_max <= 1, got r_min={r_min}")
+        return [(lo, f"must be >= 0, got {names[0]}={r_min}")]
     if not r_min <= r_max:
-        raise ValueError(f"r_max must satisfy r_min <= r_max <= 1, got r_min={r_min}, r_max={r_max}")
+        return [(lo, f"must be <= {hi}, got {names[0]}={r_min} > {names[1]}={r_max}")]
     if not r_max <= 1.0:
-        raise ValueError(f"r_max must satisfy r_max <= 1 (stable recurrence), got r_max={r_max}")
+        return [(hi, f"must be <= 1 (|λ| <= 1: a stable recurrence), got {names[1]}={r_max}")]
+    return []
 
 
-def _check_phase(max_phase: float) -> None:
-    if not 0.0 <= max_phase <= 2 * math.pi:
-        raise ValueError(f"max_phase must be in [0, 2π], got max_phase={max_phase}")
+def init_problems(params: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """(key, problem) for the init parameters present in ``params``: r_min/r_max, max_phase,
+    dt_min/dt_max, discretization. Messages name the keys with ``prefix`` (config.py: "model.init.")."""
+    out: list[tuple[str, str]] = []
+    if "r_min" in params or "r_max" in params:
+        out += radius_problems(params.get("r_min", 0.0), params.get("r_max", 1.0), prefix=prefix)
+    if "max_phase" in params and not 0.0 <= params["max_phase"] <= 2 * math.pi:
+        out.append((prefix + "max_phase", f"must be in [0, 2π], got max_phase={params['max_phase']}"))
+    if "dt_min" in params or "dt_max" in params:
+        dt_min, dt_max = params.get("dt_min", 1e-3), params.get("dt_max", 1e-1)
+        if not dt_min > 0:
+            out.append((prefix + "dt_min", f"must be > 0, got dt_min={dt_min}"))
+        elif not dt_min <= dt_max:
+            out.append((prefix + "dt_max", f"must be >= {prefix}dt_min, got dt_min={dt_min} > dt_max={dt_max}"))
+    if "discretization" in params and params["discretization"] not in DISCRETIZATIONS:
+        out.append((prefix + "discretization",
+                    f"must be one of {', '.join(DISCRETIZATIONS)}, got {params['discretization']!r}"))
+    return out
 
 
-def _check_dt(dt_min: float, dt_max: float) -> None:
-    if not dt_min > 0:
-        raise ValueError(f"dt_min must be > 0, got dt_min={dt_min}")
-    if not dt_min <= dt_max:
-        raise ValueError(f"dt_max must be >= dt_min, got dt_min={dt_min}, dt_max={dt_max}")
+def check_init_params(**params) -> None:
+    """Raise ValueError("<key> <problem>") for the first invalid parameter (see `init_problems`)."""
+    for key, problem in init_problems(params):
+        raise ValueError(f"{key} {problem}")
 
 
 def check_discretization(discretization: str) -> None:
-    if discretization not in DISCRETIZATIONS:
-        raise ValueError(f"discretization must be one of {DISCRETIZATIONS}, got discretization={discretization!r}")
+    check_init_params(discretization=discretization)
 
 
 def _shape(shape: int | tuple[int, ...]) -> tuple[int, ...]:
@@ -145,11 +156,11 @@ def ring(
     """|λ|² ~ U[r_min², r_max²], arg λ ~ U[0, max_phase] (Orvieto et al. 2023, Lemma 2).
 
     Uniform |λ|² makes the eigenvalues uniform in area on the ring r_min <= |λ| <= r_max.
-    Defaults give the Glorot / circular-law spectrum; r_max = 1 still samples |λ| < 1.
+    Defaults give the Glorot / circular-law spectrum. With r_max = 1 a float32 draw can round to
+    |λ| = 1; the layers clamp |λ| at 1 - 1e-7 when they store it (nu_log stays finite).
     """
     shape = _shape(shape)
-    _check_radii(r_min, r_max)
-    _check_phase(max_phase)
+    check_init_params(r_min=r_min, r_max=r_max, max_phase=max_phase)
     r = _radii(shape, r_min, r_max, generator, dtype)
     theta = max_phase * torch.rand(shape, generator=generator, dtype=dtype)
     return torch.polar(r, theta).to(_complex(dtype))
@@ -174,7 +185,7 @@ def real(
 ) -> Tensor:
     """Positive real λ with λ² ~ U[r_min², r_max²]: the LRU paper's real diagonal recurrence."""
     shape = _shape(shape)
-    _check_radii(r_min, r_max)
+    check_init_params(r_min=r_min, r_max=r_max)
     return _radii(shape, r_min, r_max, generator, dtype).to(_complex(dtype))
 
 
@@ -217,7 +228,7 @@ def sample_dt(
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Δ ~ logU[dt_min, dt_max]."""
-    _check_dt(dt_min, dt_max)
+    check_init_params(dt_min=dt_min, dt_max=dt_max)
     u = torch.rand(shape, generator=generator, dtype=dtype)
     return torch.exp(math.log(dt_min) + u * (math.log(dt_max) - math.log(dt_min)))
 

@@ -12,13 +12,18 @@ the paper's real diagonal arm.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from ssm_train.nn.init import at_least_float32, init_eigenvalues
-from ssm_train.nn.scan import linear_scan
+from ssm_train.nn.init import init_eigenvalues
+from ssm_train.nn.registry import LayerConfig, LayerContext, register_layer
+from ssm_train.ops.backend import at_least_float32
+from ssm_train.ops.scan import linear_scan
 
 # Defaults of the init when LRU is built without init_params (merged under the user's params).
 # r in [0.9, 0.999] is the paper's long-range setting; max_phase = 2π (the paper uses π/10 on
@@ -31,7 +36,12 @@ LRU_INIT_DEFAULTS: dict[str, dict] = {
 _TINY = 1e-8  # floor for |λ| and arg λ so that their logs stay finite at init
 
 
+REAL_INITS = ("real", "s4d_real", "mamba")  # positive real λ (ZOH of a real negative A)
+
+
 class LRU(nn.Module):
+    """Linear Recurrent Unit: complex diagonal Λ = exp(-exp(nu_log) + i exp(theta_log)), γ-normalised input."""
+
     recurrent_params = ("nu_log", "theta_log", "gamma_log", "B_re", "B_im")
 
     def __init__(
@@ -130,3 +140,25 @@ class LRU(nn.Module):
         b = self._input(u_t)
         x = b if state is None else self.lam() * state + b
         return self._output(x, u_t), x
+
+
+# -- registration: model.kind = lru (complex) and real (the paper's real arm) ----------------------
+
+
+@dataclass
+class LRUConfig(LayerConfig):
+    """model.lru.* (model.real.* for kind=real)."""
+
+    normalize: bool = True  # input normalisation γ = exp(gamma_log) (Prop. 3)
+
+
+@dataclass
+class RealLRUConfig(LRUConfig):
+    def problems(self, ctx: LayerContext) -> Iterator[tuple[str, str]]:
+        if ctx.init not in REAL_INITS:  # the phase is fixed at 0: the init must give positive real λ
+            yield "init.name", f"kind=real needs a real init ({', '.join(REAL_INITS)}), got '{ctx.init}'"
+
+
+register_layer("lru", LRU, LRUConfig, doc="LRU (Orvieto et al. 2023): complex diagonal Λ, γ-normalised input")
+register_layer("real", functools.partial(LRU, complex=False), RealLRUConfig,
+               doc="the LRU with real positive Λ and real B, C (the paper's real arm)")

@@ -13,9 +13,9 @@ So `d_state=N` is the number of complex modes per channel: a real state of size 
 paper's N=64 is d_state=32 here.
 
 Two ways to compute a sequence (`mode`), equal up to rounding:
-    conv (default): y = K * u + D ⊙ u with K_l = 2 Re Σ_n C_hn B̄_hn λ_hn^l, by FFT (nn/conv.py);
+    conv (default): y = K * u + D ⊙ u with K_l = 2 Re Σ_n C_hn B̄_hn λ_hn^l, by FFT (ops/conv.py);
                     O(H·N·L + B·H·L log L), the S4 papers' convolutional mode;
-    scan:           the recurrence over H·N channels with a constant a = λ (nn/scan.py);
+    scan:           the recurrence over H·N channels with a constant a = λ (ops/scan.py);
                     O(B·L·H·N) time and memory, as the LRU's, for comparison and checking.
 `step` is always the recurrence.
 B defaults to 1 (as in S4D-Lin/Inv) and is learnable; C ~ CN(0, 1) as in the paper's code.
@@ -26,26 +26,32 @@ to continuous time with `undiscretize` at the drawn Δ, so that eigenvalues() eq
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from ssm_train.nn.conv import fft_conv, vandermonde_kernel
 from ssm_train.nn.init import (
     CONTINUOUS_A,
-    at_least_float32,
     check_discretization,
     discretize,
     init_eigenvalues,
+    init_problems,
     sample_dt,
     undiscretize,
 )
-from ssm_train.nn.scan import autocast_off, linear_scan
+from ssm_train.nn.registry import LayerConfig, LayerContext, register_layer
+from ssm_train.ops.backend import at_least_float32, autocast_off
+from ssm_train.ops.conv import fft_conv, vandermonde_kernel
+from ssm_train.ops.scan import linear_scan
 
 MODES = ("conv", "scan")
 
 
 class S4D(nn.Module):
+    """S4D (Gu et al. 2022): diagonal continuous-time A, ZOH or bilinear, FFT convolution or scan"""
+
     recurrent_params = ("log_dt", "A_log_re", "A_im", "B_re", "B_im")
 
     def __init__(
@@ -153,3 +159,22 @@ class S4D(nn.Module):
         b = B_bar * at_least_float32(u_t)[..., None]
         x = b if state is None else lam * state + b
         return self._output(x, u_t), x
+
+
+# -- registration: model.kind = s4d ----------------------------------------------------------------
+
+
+@dataclass
+class S4DConfig(LayerConfig):
+    """model.s4d.*"""
+
+    discretization: str = "zoh"  # zoh | bilinear
+    mode: str = "conv"  # conv (FFT convolution) | scan (the recurrence); same outputs, conv is faster
+
+    def problems(self, ctx: LayerContext) -> Iterator[tuple[str, str]]:
+        yield from init_problems({"discretization": self.discretization}, prefix=f"{ctx.kind}.")
+        if self.mode not in MODES:
+            yield f"{ctx.kind}.mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}"
+
+
+register_layer("s4d", S4D, S4DConfig)

@@ -1,5 +1,5 @@
 """Selective SSM, the S6 layer of Mamba (Gu & Dao 2023, "Mamba: linear-time sequence modeling with
-selective state spaces"), run through `selective_scan` (nn/selective_scan.py): on CPU a fused
+selective state spaces"), run through `selective_scan` (ops/selective_scan.py): on CPU a fused
 kernel that never materialises the [B, L, d_inner, N] state, elsewhere `linear_scan` with a
 time-varying a.
 
@@ -22,13 +22,17 @@ backwards in time: out = flip(layer(flip(u))).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssm_train.nn.init import at_least_float32, sample_dt
-from ssm_train.nn.selective_scan import selective_scan
+from ssm_train.nn.init import sample_dt
+from ssm_train.nn.registry import LayerConfig, LayerContext, register_layer
+from ssm_train.ops.backend import at_least_float32
+from ssm_train.ops.selective_scan import selective_scan
 
 SELECTIVE_INITS = ("mamba", "s4d_real")  # A must be real and negative: A = -exp(A_log)
 SELECTIVE_INIT_PARAMS = {"dt_min": 1e-3, "dt_max": 1e-1, "dt_init_floor": 1e-4}
@@ -42,7 +46,10 @@ def inverse_softplus(y: Tensor) -> Tensor:
 
 
 class SelectiveSSM(nn.Module):
+    """Mamba's selective SSM (S6): input-dependent Δ, B, C; A = -exp(A_log) real, per channel"""
+
     recurrent_params = ("A_log", "dt_proj.bias")
+    selection_params = ("dt_proj.weight",)  # zeroed, the decay no longer depends on the input
 
     def __init__(
         self,
@@ -146,3 +153,30 @@ class SelectiveSSM(nn.Module):
         h = b if h is None else torch.exp(dt[..., None] * self.A()) * h + b
         y = (h * C[:, None, :]).sum(-1) + self.D * x
         return self.out_proj(y * F.silu(z)), (window[..., 1:], h)
+
+
+# -- registration: model.kind = selective ----------------------------------------------------------
+
+
+@dataclass
+class SelectiveConfig(LayerConfig):
+    """model.selective.*"""
+
+    expand: int = 2  # d_inner = expand · d_model
+    d_conv: int = 4  # width of the causal depthwise convolution
+    dt_rank: int | None = None  # rank of Δ's projection; null = ceil(d_model / 16)
+
+    def problems(self, ctx: LayerContext) -> Iterator[tuple[str, str]]:
+        for key in ("expand", "d_conv"):
+            if getattr(self, key) < 1:
+                yield f"{ctx.kind}.{key}", f"must be >= 1, got {getattr(self, key)}"
+        if self.dt_rank is not None and self.dt_rank < 1:
+            yield f"{ctx.kind}.dt_rank", f"must be >= 1 or null (ceil(d_model / 16)), got {self.dt_rank}"
+        if ctx.init not in SELECTIVE_INITS:
+            yield "init.name", f"kind={ctx.kind} needs real negative A: one of {', '.join(SELECTIVE_INITS)}, got '{ctx.init}'"
+
+    def min_params(self, d_model: int, d_state: int) -> int:
+        return self.expand * d_model * d_state  # A_log alone: [d_inner, N]
+
+
+register_layer("selective", SelectiveSSM, SelectiveConfig)

@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ssm_train.config import Config, from_dict
+from ssm_train.config import Config, from_dict, layer_config
 from ssm_train.data.base import DataSpec
 from ssm_train.errors import NonFiniteLossError
 from ssm_train.nn import Backbone
 from ssm_train.nn.init import get_init
 from ssm_train.nn.params import param_groups
+from ssm_train.nn.registry import mixer_factory
 
 
 def spec_to_dict(spec: DataSpec) -> dict:
@@ -33,18 +34,14 @@ def spec_to_dict(spec: DataSpec) -> dict:
 
 
 def build_backbone(cfg: Config, spec: dict) -> Backbone:
+    """The Backbone of ``cfg.model``: its mixer is the registered ``model.kind`` with its section
+    ``model.<kind>`` and the eigenvalue init ``model.init``."""
     m = cfg.model
-    layer_kwargs: dict[str, Any] = {"init": m.init.name, "init_params": _init_params(cfg)}
-    if m.kind in ("lru", "real"):
-        layer_kwargs["normalize"] = m.normalize
-    if m.kind == "s4d":
-        layer_kwargs["discretization"] = m.discretization
-        layer_kwargs["mode"] = m.s4d_mode
+    mixer = mixer_factory(m.kind, m.d_state, layer_config(m), init=m.init.name, init_params=_init_params(cfg))
     return Backbone(
         vocab_size=spec["vocab_size"], d_input=spec["d_input"], d_model=m.d_model,
-        n_layers=m.n_layers, d_state=m.d_state, kind=m.kind, layer_kwargs=layer_kwargs,
-        norm=m.norm, mlp=m.mlp, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
-        bidirectional=m.bidirectional, head=spec["task"], d_output=spec["d_output"],
+        n_layers=m.n_layers, mixer=mixer, norm=m.norm, mlp=m.mlp, mlp_ratio=m.mlp_ratio,
+        dropout=m.dropout, bidirectional=m.bidirectional, head=spec["task"], d_output=spec["d_output"],
         pooling=m.pooling, tie_weights=m.tie_weights,
     )
 

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssm_train.nn import MIXERS, Backbone, Block
+from ssm_train.nn import LAYERS, Backbone, Block, mixer_factory
 from ssm_train.nn.attention import CausalSelfAttention, rotary
 from ssm_train.nn.params import param_groups
 from tests.nn.scan_checks import run_steps
@@ -139,11 +139,11 @@ def test_autocast_bf16_runs():
 
 def backbone(**kw) -> Backbone:
     torch.manual_seed(0)
-    return Backbone(vocab_size=V, d_model=H, n_layers=2, d_state=HD, kind="transformer", **kw).double().eval()
+    return Backbone(vocab_size=V, d_model=H, n_layers=2, mixer=mixer_factory("transformer", HD), **kw).double().eval()
 
 
 def test_registered_and_backbone_step_equals_forward():
-    assert MIXERS["transformer"] is CausalSelfAttention
+    assert LAYERS["transformer"].layer_cls is CausalSelfAttention
     m = backbone()
     x = torch.randint(0, V, (B, L), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -157,7 +157,7 @@ def test_registered_and_backbone_step_equals_forward():
 
 def test_bidirectional_block_sees_the_whole_sequence():
     torch.manual_seed(0)
-    block = Block(H, HD, "transformer", bidirectional=True).double()
+    block = Block(H, mixer_factory("transformer", HD), bidirectional=True).double()
     x = inputs()
     x2 = x.clone()
     x2[:, -1] = inputs(seed=9)[:, -1]  # (a constant shift would vanish in the LayerNorm)

@@ -1,27 +1,26 @@
 """Block and Backbone: shapes per head, step = forward, causality, bidirectional, norms, pooling."""
 
+import sys
+
 import pytest
 import torch
 
-import ssm_train.nn.lru as lru_module
-import ssm_train.nn.s4d as s4d_module
-import ssm_train.nn.selective as selective_module
-from ssm_train.nn import MIXERS, Backbone, Block
-from ssm_train.nn.conv import fft_conv
-from ssm_train.nn.scan import linear_scan
-from ssm_train.nn.selective_scan import selective_scan
+from ssm_train.nn import LAYERS, Backbone, Block, mixer_factory
+from ssm_train.ops.conv import fft_conv
+from ssm_train.ops.scan import linear_scan
+from ssm_train.ops.selective_scan import selective_scan
 from tests.nn.scan_checks import run_steps
 
 V, D_IN, H, N, B, L = 11, 3, 8, 4, 2, 7
-KINDS = ["lru", "real", "s4d", "selective"]
+KINDS = [kind for kind, spec in LAYERS.items() if spec.recurrent]  # lru, real, s4d, selective, ... (registered)
 HEADS = {"lm": {}, "classify": {"d_output": 5}, "regress": {"d_output": 2}}
-SMALL = dict(d_model=H, n_layers=2, d_state=N)
+SMALL = dict(d_model=H, n_layers=2)
 
 
 def model(kind="lru", head="lm", tokens=True, dtype=torch.float64, seed=0, **kw) -> Backbone:
     torch.manual_seed(seed)
     inp = {"vocab_size": V} if tokens else {"d_input": D_IN}
-    return Backbone(**inp, **SMALL, kind=kind, head=head, **HEADS[head], **kw).to(dtype).eval()
+    return Backbone(**inp, **SMALL, mixer=mixer_factory(kind, N), head=head, **HEADS[head], **kw).to(dtype).eval()
 
 
 def data(tokens=True, dtype=torch.float64, seed=1, length=L) -> torch.Tensor:
@@ -33,9 +32,9 @@ def data(tokens=True, dtype=torch.float64, seed=1, length=L) -> torch.Tensor:
 
 
 def test_mixer_registry_has_the_four_kinds():
-    assert set(KINDS) <= set(MIXERS)
+    assert {"lru", "real", "s4d", "selective"} <= set(KINDS)
     with pytest.raises(ValueError, match="lru, real, s4d, selective"):
-        Backbone(vocab_size=V, kind="transfomer")
+        mixer_factory("transfomer")
 
 
 @pytest.mark.parametrize("head", list(HEADS))
@@ -87,14 +86,14 @@ def test_bidirectional_sees_both_ways_and_has_no_step(kind, merge):
 
 def test_bidirectional_sum_is_forward_plus_reversed_mixer():
     torch.manual_seed(0)
-    block = Block(H, N, "lru", bidirectional=True).double()
+    block = Block(H, mixer_factory("lru", N), bidirectional=True).double()
     x = torch.randn(B, L, H, dtype=torch.float64)
     with torch.no_grad():
         u = block.norm1(x)
         mixed = block.mixer(u) + block.mixer_bwd.forward(u)
         torch.testing.assert_close(block.mix(u), mixed)
         # the backward mixer is the forward recurrence on the flipped sequence
-        fwd = MIXERS["lru"](d_model=H, d_state=N).double()
+        fwd = LAYERS["lru"].layer_cls(d_model=H, d_state=N).double()
         fwd.load_state_dict(block.mixer_bwd.state_dict())
         torch.testing.assert_close(block.mixer_bwd(u), fwd(u.flip(1)).flip(1))
 
@@ -190,10 +189,11 @@ def test_autocast_runs_recurrences_in_float32(kind, monkeypatch):
         seen.append({x.dtype, dt.dtype, A.dtype, B.dtype, C.dtype})
         return selective_scan(x, dt, A, B, C)
 
-    for module in (lru_module, s4d_module):
-        monkeypatch.setattr(module, "linear_scan", spy)
-    monkeypatch.setattr(s4d_module, "fft_conv", conv_spy)
-    monkeypatch.setattr(selective_module, "selective_scan", selective_spy)
+    for spec in LAYERS.values():  # every registered layer's module: the kernels it calls
+        module = sys.modules[spec.module]
+        for name, replacement in (("linear_scan", spy), ("fft_conv", conv_spy), ("selective_scan", selective_spy)):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, replacement)
     m, x = model(kind, dtype=torch.float32), data()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = m(x)

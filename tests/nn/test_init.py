@@ -217,3 +217,31 @@ def test_selective_eigenvalues_at_the_dt_bias():
         SelectiveSSM(d_model=8, d_state=5, init="ring")
     with pytest.raises(ValueError, match="dt_mn"):
         SelectiveSSM(d_model=8, d_state=5, init_params={"dt_mn": 0.1})
+
+
+@pytest.mark.parametrize("name, params", [("ring", {"r_min": 0.9, "r_max": 1.0}), ("real", {"r_min": 0.9, "r_max": 1.0})])
+def test_the_ring_to_the_unit_circle_is_stable_in_every_layer(name, params):
+    """r_max = 1 (the LRU paper's ring_0.9_1): float32 draws can round to |λ| = 1; the layers clamp
+    at 1 - 1e-7, so nu_log, gamma_log and S4D's A stay finite and every |λ| < 1."""
+    draws = get_init(name)(200_000, **params, generator=gen(11))
+    assert draws.abs().max() <= 1.0
+    complex_ = name == "ring"
+    lru = LRU(d_model=2, d_state=200_000, init=name, init_params=params, complex=complex_, generator=gen(11))
+    for p in (lru.nu_log, lru.gamma_log):
+        assert torch.isfinite(p).all()
+    assert lru.eigenvalues().abs().max() < 1
+    s4d = S4D(d_model=4, d_state=2000, init=name, init_params=params, generator=gen(12))
+    assert torch.isfinite(s4d.A_log_re).all() and torch.isfinite(s4d.A_im).all()
+    assert s4d.eigenvalues().abs().max() < 1
+    u = torch.randn(1, 64, 2)
+    assert torch.isfinite(lru(u)).all()
+
+
+def test_one_rule_for_the_radii_in_the_inits_and_the_config():
+    from ssm_train.nn.init import init_problems
+
+    assert init_problems({"r_min": 0.9, "r_max": 1.0}) == []
+    assert init_problems({"r_max": 1.01}, prefix="model.init.") == [
+        ("model.init.r_max", "must be <= 1 (|λ| <= 1: a stable recurrence), got r_max=1.01")]
+    with pytest.raises(ValueError, match="r_max must be <= 1"):
+        init_eigenvalues("ring", (3,), {"r_max": 1.01})

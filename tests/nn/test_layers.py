@@ -1,27 +1,27 @@
-"""The recurrent layers (LRU, real LRU, S4D, SelectiveSSM): step = forward, causality, reversal,
-precision under autocast, real parameters, gradients; LRU and S4D against their convolution kernels;
-the LRU normalisation (Prop. 3)."""
+"""The recurrent layers (every registered recurrent kind: LRU, real LRU, S4D, SelectiveSSM, RG-LRU,
+...): step = forward, causality, reversal, precision under autocast, real parameters, gradients;
+LRU and S4D against their convolution kernels; the LRU normalisation (Prop. 3)."""
 
 import math
+import sys
 
 import pytest
 import torch
 
-import ssm_train.nn.lru as lru_module
-import ssm_train.nn.s4d as s4d_module
-import ssm_train.nn.selective as selective_module
+from ssm_train.nn import LAYERS as REGISTRY
 from ssm_train.nn import LRU, S4D, SelectiveSSM
-from ssm_train.nn.scan import linear_scan, reference_scan
-from ssm_train.nn.selective_scan import selective_scan
+from ssm_train.ops.scan import linear_scan, reference_scan
+from ssm_train.ops.selective_scan import selective_scan
 from tests.nn.scan_checks import run_steps
 
 H, N, B, L = 6, 5, 2, 12
+RECURRENT_KINDS = [kind for kind, spec in REGISTRY.items() if spec.recurrent]
 
 LAYERS = {
     "lru": lambda **kw: LRU(d_model=H, d_state=N, **kw),
     "lru_unnormalized": lambda **kw: LRU(d_model=H, d_state=N, normalize=False, init_params={"max_phase": 0.3}, **kw),
-    "lru_real": lambda **kw: LRU(d_model=H, d_state=N, complex=False, **kw),
-    "s4d_zoh": lambda **kw: S4D(d_model=H, d_state=N, **kw),
+    "real": lambda **kw: LRU(d_model=H, d_state=N, complex=False, **kw),
+    "s4d": lambda **kw: S4D(d_model=H, d_state=N, **kw),
     "s4d_zoh_scan": lambda **kw: S4D(d_model=H, d_state=N, mode="scan", **kw),
     "s4d_bilinear": lambda **kw: S4D(d_model=H, d_state=N, init="s4d_inv", discretization="bilinear", **kw),
     "s4d_ring": lambda **kw: S4D(d_model=H, d_state=N, init="ring", init_params={"r_min": 0.5, "r_max": 0.95}, **kw),
@@ -30,6 +30,8 @@ LAYERS = {
     ),
     "selective": lambda **kw: SelectiveSSM(d_model=H, d_state=N, **kw),
 }
+for _kind in RECURRENT_KINDS:  # every registered recurrence at its defaults: a new layer file joins these tests
+    LAYERS.setdefault(_kind, lambda _spec=REGISTRY[_kind], **kw: _spec.build(H, N, **kw))
 kinds = pytest.mark.parametrize("kind", list(LAYERS))
 
 
@@ -49,8 +51,8 @@ def convolves(layer) -> bool:
 
 
 def test_each_layer_builds_from_d_model_and_d_state_alone():
-    for cls in (LRU, S4D, SelectiveSSM):
-        layer = cls(d_model=H, d_state=N)
+    for kind in RECURRENT_KINDS:
+        layer = REGISTRY[kind].layer_cls(d_model=H, d_state=N)
         assert layer(torch.randn(B, L, H)).shape == (B, L, H)
 
 
@@ -109,7 +111,8 @@ def test_reverse_is_forward_on_the_flipped_sequence(kind):
 
 @pytest.fixture
 def scan_dtypes(monkeypatch):
-    """Record the dtypes every layer hands to linear_scan (SelectiveSSM: to selective_scan)."""
+    """Record the dtypes every layer hands to linear_scan (SelectiveSSM: to selective_scan), in
+    every registered layer's module."""
     seen, seen_a = [], []
 
     def spy(a, b, h0=None, *, reverse=False):
@@ -122,9 +125,12 @@ def scan_dtypes(monkeypatch):
         seen_a.append(torch.exp(dt[..., None] * A).flatten(2).detach())
         return selective_scan(x, dt, A, B, C)
 
-    for module in (lru_module, s4d_module):
-        monkeypatch.setattr(module, "linear_scan", spy)
-    monkeypatch.setattr(selective_module, "selective_scan", selective_spy)
+    for spec in REGISTRY.values():
+        module = sys.modules[spec.module]
+        if hasattr(module, "linear_scan"):
+            monkeypatch.setattr(module, "linear_scan", spy)
+        if hasattr(module, "selective_scan"):
+            monkeypatch.setattr(module, "selective_scan", selective_spy)
     return seen, seen_a
 
 
@@ -133,7 +139,7 @@ def scan_dtypes(monkeypatch):
 def test_recurrence_runs_in_float32_under_autocast(kind, weights, scan_dtypes):
     layer, u = make(kind, dtype=weights), inputs(dtype=torch.float32)
     if convolves(layer):
-        pytest.skip("conv mode does not scan; tests/nn/test_conv.py checks its precision under autocast")
+        pytest.skip("conv mode does not scan; tests/ops/test_conv.py checks its precision under autocast")
     wide = {torch.float32, torch.complex64}
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(u)
@@ -151,16 +157,18 @@ def test_decay_is_not_rounded_to_bfloat16_under_autocast(kind, scan_dtypes):
     """a (the decay, set by Λ or by Δ) must be computed in float32, not merely cast up afterwards."""
     layer, u = make(kind, dtype=torch.float32), inputs(dtype=torch.float32)
     if convolves(layer):
-        pytest.skip("conv mode does not scan; tests/nn/test_conv.py checks its kernel under autocast")
-    if kind == "selective":  # make Δ = softplus(bias): then a does not depend on bf16 projections
-        with torch.no_grad():
-            layer.dt_proj.weight.zero_()
+        pytest.skip("conv mode does not scan; tests/ops/test_conv.py checks its kernel under autocast")
+    # input-dependent decays (selective: Δ = softplus(W δ + bias)): zero the weights that make a
+    # depend on the input (the layer's `selection_params`), so a does not depend on bf16 projections
+    with torch.no_grad():
+        for name in getattr(layer, "selection_params", ()):
+            layer.get_parameter(name).zero_()
     layer(u)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         layer(u)
     _, (a_fp32, a_autocast) = scan_dtypes
     torch.testing.assert_close(a_autocast, a_fp32, rtol=1e-6, atol=1e-7)
-    a = a_autocast if a_autocast.dim() == 1 else a_autocast[0, 0]  # selective: same a at every step here
+    a = a_autocast if a_autocast.dim() == 1 else a_autocast[0, 0]  # input-dependent: same a at every step here
     a = a if a.is_complex() else torch.complex(a, torch.zeros_like(a))
     torch.testing.assert_close(a, layer.eigenvalues().detach().reshape(-1), rtol=1e-6, atol=1e-7)
 
@@ -201,7 +209,7 @@ def causal_conv(K: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("complex_", [True, False])
 def test_lru_equals_its_kernel(complex_):
-    layer, u = make("lru" if complex_ else "lru_real"), inputs()
+    layer, u = make("lru" if complex_ else "real"), inputs()
     lam = layer.eigenvalues().detach()
     Bm = torch.complex(layer.B_re, layer.B_im) if complex_ else layer.B_re.to(torch.complex128)
     Cm = torch.complex(layer.C_re, layer.C_im) if complex_ else layer.C_re.to(torch.complex128)
@@ -213,7 +221,7 @@ def test_lru_equals_its_kernel(complex_):
         torch.testing.assert_close(layer(u), y.detach(), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("kind", ["s4d_zoh", "s4d_bilinear"])
+@pytest.mark.parametrize("kind", ["s4d", "s4d_bilinear"])
 def test_s4d_equals_its_kernel(kind):
     """S4D paper: K_j = 2 Re Σ_n C_n B̄_n λ_n^j, with B̄ from the ZOH / bilinear rule written out here."""
     layer, u = make(kind), inputs()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ssm_train.nn import LRU, S4D, Backbone, SelectiveSSM, param_groups
+from ssm_train.nn import LRU, S4D, Backbone, SelectiveSSM, mixer_factory, param_groups
 from ssm_train.nn.params import recurrent_parameter_ids
 
 RECURRENT = {  # written out per layer kind, independent of the layers' `recurrent_params`
@@ -11,11 +11,12 @@ RECURRENT = {  # written out per layer kind, independent of the layers' `recurre
     "real": {"nu_log", "gamma_log", "B_re"},
     "s4d": {"log_dt", "A_log_re", "A_im", "B_re", "B_im"},
     "selective": {"A_log", "dt_proj.bias"},
+    "rglru": {"Lambda"},
 }
 
 
 def backbone(kind: str, **kw) -> Backbone:
-    return Backbone(vocab_size=13, d_model=8, n_layers=2, d_state=4, kind=kind, **kw)
+    return Backbone(vocab_size=13, d_model=8, n_layers=2, mixer=mixer_factory(kind, 4), **kw)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])

@@ -427,7 +427,7 @@ def check_device(x: Tensor) -> str | None:
         return None
     return (
         f"the Triton scan runs on CUDA tensors (got {x.device}); on CPU only under Triton's "
-        "interpreter (TRITON_INTERPRET=1 set before ssm_train.nn.scan_triton is imported)"
+        "interpreter (TRITON_INTERPRET=1 set before ssm_train.ops.scan_triton is imported)"
     )
 
 

@@ -21,11 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssm_train.nn import cpp_build
-from ssm_train.nn import scan as scan_mod
+from ssm_train.ops import backend, cpp_build
 
 ROOT = Path(__file__).resolve().parents[2]
-CSRC = ROOT / "ssm_train" / "nn" / "csrc"
+CSRC = ROOT / "ssm_train" / "ops" / "csrc"
 
 TINY = """\
 #include <ATen/ATen.h>
@@ -43,7 +42,7 @@ CHILD = textwrap.dedent(
     while args.get("go") and not os.path.exists(args["go"]):
         time.sleep(0.01)
     import torch
-    from ssm_train.nn import cpp_build
+    from ssm_train.ops import cpp_build
     t0 = time.monotonic()
     spec = cpp_build.BuildSpec(args["name"], tuple(Path(s) for s in args["sources"]), tuple(args["cflags"]))
     lib = cpp_build.load_library(spec, root=Path(args["root"]), timeout=args["timeout"])
@@ -201,10 +200,10 @@ def test_compile_error_is_one_line_and_recorded(tmp_path):
 
 def test_real_kernels_load_through_the_marker():
     """scan.py's kernels come from cpp_build: a verified marker names the library in use."""
-    if not scan_mod.cpp_available():
-        pytest.skip(f"C++ kernels did not build: {scan_mod._load_cpp()}")
-    directory = scan_mod._build_directory()
-    inputs = cpp_build._key_inputs(scan_mod._CPP_SPEC, cpp_build._read_sources(scan_mod._CPP_SPEC))
+    if not backend.cpp_available():
+        pytest.skip(f"C++ kernels did not build: {backend.load_cpp()}")
+    directory = backend.cpp_build_directory()
+    inputs = cpp_build._key_inputs(backend.CPP_SPEC, cpp_build._read_sources(backend.CPP_SPEC))
     lib = cpp_build._valid_library(directory, cpp_build._key(inputs))
     assert lib is not None and cpp_build._loaded[directory] == lib
     assert directory.name.startswith("ssm_train_scan_cpu-")
@@ -284,9 +283,9 @@ def test_two_checkouts_of_the_real_kernels_share_one_build(tmp_path, compiler):
     env = child_env(compiler)
 
     def run(tree: Path) -> dict:
-        sources = [str(tree / Path(s).name) for s in scan_mod._CPP_SPEC.sources]
-        args = {"name": scan_mod._CPP_SPEC.name, "sources": sources, "root": str(root),
-                "cflags": list(scan_mod._CPP_SPEC.extra_cflags)}
+        sources = [str(tree / Path(s).name) for s in backend.CPP_SPEC.sources]
+        args = {"name": backend.CPP_SPEC.name, "sources": sources, "root": str(root),
+                "cflags": list(backend.CPP_SPEC.extra_cflags)}
         return finish(start_child(args, env))
 
     first = run(trees[0])
@@ -301,13 +300,13 @@ def test_two_checkouts_of_the_real_kernels_share_one_build(tmp_path, compiler):
 def test_lock_timeout_falls_back_with_one_line(tmp_path):
     """A builder that never finishes: the run falls back after the timeout and says so once."""
     root = tmp_path / "ext"
-    spec = scan_mod._CPP_SPEC
+    spec = backend.CPP_SPEC
     directory = cpp_build.build_directory(spec, root)
     directory.mkdir(parents=True)
     code = (
         "import torch\n"
-        "from ssm_train.nn.scan import linear_scan\n"
-        "from ssm_train.nn.selective_scan import selective_scan\n"
+        "from ssm_train.ops.scan import linear_scan\n"
+        "from ssm_train.ops.selective_scan import selective_scan\n"
         "for _ in range(3): linear_scan(torch.rand(4), torch.rand(2, 5, 4))\n"
         "x = torch.rand(1, 5, 3)\n"
         "selective_scan(x, x, -torch.rand(3, 2), torch.rand(1, 5, 2), torch.rand(1, 5, 2))\n"

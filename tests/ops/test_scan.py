@@ -16,12 +16,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssm_train.nn import scan as scan_mod
-from ssm_train.nn.scan import cpp_available, linear_scan, reference_scan, select_backend
+from ssm_train.ops import backend
+from ssm_train.ops import scan as scan_mod
+from ssm_train.ops.backend import cpp_available
+from ssm_train.ops.scan import linear_scan, reference_scan, select_backend
 from tests.nn.scan_checks import assert_close_to
 
 CPP_OK = cpp_available()
-needs_cpp = pytest.mark.skipif(not CPP_OK, reason=f"C++ scan extension did not build: {scan_mod._load_cpp()}")
+needs_cpp = pytest.mark.skipif(not CPP_OK, reason=f"C++ scan extension did not build: {backend.load_cpp()}")
 FAST_BACKENDS = ["torch", pytest.param("cpp", marks=needs_cpp)]
 ALL_BACKENDS = ["reference", *FAST_BACKENDS]
 DTYPES = [torch.float32, torch.float64, torch.complex64, torch.complex128]
@@ -251,7 +253,7 @@ def test_cpp_buffer_pool_reuses_and_overwrites():
     h2 = linear_scan(a, b2, backend="cpp")
     assert stats()[2] == hits + 1
     assert_close_to(h2, reference_scan(a.double(), b2.double()), 4 * unit_roundoff(torch.float32) * 1024, "h")
-    scan_mod.empty_cache()
+    backend.empty_cache()
     assert stats()[0] == 0
 
 
@@ -283,7 +285,7 @@ def test_forced_torch_backend_runs(monkeypatch):
 
 def test_fallback_when_extension_fails(monkeypatch):
     monkeypatch.delenv(scan_mod.ENV_BACKEND, raising=False)
-    monkeypatch.setattr(scan_mod, "_cpp_state", {"ok": False, "error": "OSError: no compiler"})
+    monkeypatch.setattr(backend, "_cpp_state", {"ok": False, "error": "OSError: no compiler"})
     monkeypatch.setattr(scan_mod, "_warned_fallback", False)
     a, b, _ = random_inputs(2, 9, 5, torch.float32, False, False, seed=6)
     with pytest.warns(RuntimeWarning, match="C\\+\\+ scan extension unavailable .*no compiler.*torch loop"):

@@ -17,7 +17,7 @@ Backends (``backend=`` argument, or the ``SSM_TRAIN_SCAN_BACKEND`` environment v
 the argument is "auto"):
 
 * ``cpp``: fused C++ loops (csrc/scan_cpu.cpp), compiled on first use with
-  torch.utils.cpp_extension; CPU only. The default on CPU.
+  torch.utils.cpp_extension (backend.py, cpp_build.py); CPU only. The default on CPU.
 * ``torch``: a loop over time in torch ops, with the same custom backward; any device. The
   default elsewhere, and the fallback (with a warning) when the C++ build fails.
 * ``triton``: chunked Triton kernels (scan_triton.py); CUDA tensors, or CPU tensors under
@@ -30,26 +30,22 @@ is switched off inside the call.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
 import warnings
-from pathlib import Path
 from typing import Callable, Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
-from ssm_train.nn import cpp_build
+from ssm_train.ops.backend import UPCAST_DTYPES, autocast_off, load_cpp, requested_backend, triton_error, triton_scan_module
 
-__all__ = ["linear_scan", "reference_scan", "select_backend", "cpp_available", "empty_cache", "BACKENDS", "ENV_BACKEND"]
+__all__ = ["linear_scan", "reference_scan", "select_backend", "BACKENDS", "ENV_BACKEND"]
 
 Backend = Literal["auto", "cpp", "torch", "triton", "reference"]
 BACKENDS: tuple[str, ...] = ("auto", "cpp", "torch", "triton", "reference")
 ENV_BACKEND = "SSM_TRAIN_SCAN_BACKEND"
 
 _SCAN_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
-_UPCAST_DTYPES = (torch.float16, torch.bfloat16)
+_UPCAST_DTYPES = UPCAST_DTYPES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,79 +232,13 @@ class _LinearScan(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------------------------------------
-# C++ extension, built on first use
+# Backend selection (the C++ library and Triton's import live in backend.py, shared with the
+# selective scan)
 
 
-_cpp_lock = threading.Lock()
-_cpp_state: dict[str, object] = {}  # "ok": bool, "error": str
-
-
-_CSRC = Path(__file__).parent / "csrc"
-# One spec, two ops libraries' worth of sources: torch.ops.ssm_train_scan.* and ssm_train_selective.*
-_CPP_SPEC = cpp_build.BuildSpec(
-    name="ssm_train_scan_cpu",
-    sources=(_CSRC / "scan_cpu.cpp", _CSRC / "selective_scan_cpu.cpp"),
-    extra_cflags=("-O3", "-march=native", "-fopenmp", "-std=c++17"),
-    extra_ldflags=("-fopenmp",),
-)
-
-
-def _build_directory() -> Path:
-    """Where the kernels are built: keyed by source contents, flags, CPU, torch, Python and
-    compiler (see cpp_build), so checkouts and venvs share a build and CPUs do not."""
-    return cpp_build.build_directory(_CPP_SPEC)
-
-
-def _load_cpp() -> str | None:
-    """Build/load the extension once per process; returns None on success, else the error.
-
-    Bounded (see cpp_build: $SSM_TRAIN_BUILD_TIMEOUT) and never loads a partial build; the
-    callers turn an error into one fallback warning per process (`select_backend`)."""
-    with _cpp_lock:
-        if "ok" not in _cpp_state:
-            try:
-                cpp_build.load_library(_CPP_SPEC)
-                torch.ops.ssm_train_scan.forward  # noqa: B018  (raises if not registered)
-                torch.ops.ssm_train_selective.forward  # noqa: B018
-                _cpp_state["ok"] = True
-            except Exception as exc:  # compiler missing, build error, lock timeout, ...
-                first_line = (str(exc).strip().splitlines() or [""])[0]
-                _cpp_state["ok"] = False
-                _cpp_state["error"] = f"{type(exc).__name__}: {first_line[:300]}"
-        return None if _cpp_state["ok"] else str(_cpp_state["error"])
-
-
-def cpp_available() -> bool:
-    """Whether the C++ CPU kernels build and load here (builds them on first call)."""
-    return _load_cpp() is None
-
-
-def empty_cache() -> None:
-    """Free the idle output buffers the C++ kernels keep for reuse (see csrc/scan_cpu.cpp)."""
-    if _cpp_state.get("ok"):
-        torch.ops.ssm_train_scan.empty_cache()
-
-
-# ---------------------------------------------------------------------------------------------
-# Triton kernels (scan_triton.py), imported on first use: triton is an optional dependency
-
-
-_triton_state: dict[str, object] = {}  # "kernels": _Kernels, or "error": str
-
-
-def _triton_error(b: Tensor) -> str | None:
-    """None if the Triton kernels import and run on b's device, else why not."""
-    if not _triton_state:
-        try:
-            from ssm_train.nn import scan_triton
-
-            _triton_state["module"] = scan_triton
-            _triton_state["kernels"] = _Kernels(scan_triton.forward, scan_triton.backward)
-        except Exception as exc:  # triton missing, or failing to import on this machine
-            _triton_state["error"] = f"triton is not importable ({type(exc).__name__}: {exc})"
-    if "error" in _triton_state:
-        return str(_triton_state["error"])
-    return _triton_state["module"].check_device(b)  # type: ignore[attr-defined]
+def _triton_kernels() -> _Kernels:
+    module = triton_scan_module()  # imported by select_backend's triton_error check
+    return _Kernels(module.forward, module.backward)
 
 
 _warned_fallback = False
@@ -322,27 +252,19 @@ def select_backend(b: Tensor, backend: Backend = "auto") -> str:
     when triton imports, and "torch" elsewhere.
     """
     global _warned_fallback
-    if backend not in BACKENDS:
-        raise ValueError(f"linear_scan: backend must be one of {BACKENDS}, got {backend!r}")
-    forced = backend != "auto"
-    if not forced:
-        env = os.environ.get(ENV_BACKEND, "").strip().lower()
-        if env not in ("",) + BACKENDS:
-            raise ValueError(f"${ENV_BACKEND}={env!r} is not a backend; valid: {BACKENDS}")
-        if env not in ("", "auto"):
-            backend, forced = env, True  # type: ignore[assignment]
+    backend, forced = requested_backend("linear_scan", backend, ENV_BACKEND, BACKENDS)  # type: ignore[assignment]
     if backend in ("torch", "reference"):
         return backend
     if backend == "triton":
-        error = _triton_error(b)
+        error = triton_error(b)
         if error is not None:
             raise RuntimeError(f"linear_scan: backend 'triton' requested but {error}")
         return "triton"
     if b.device.type != "cpu":
         if forced:
             raise ValueError(f"linear_scan: backend 'cpp' runs on CPU only; b is on {b.device}")
-        return "triton" if b.device.type == "cuda" and _triton_error(b) is None else "torch"
-    error = _load_cpp()
+        return "triton" if b.device.type == "cuda" and triton_error(b) is None else "torch"
+    error = load_cpp()
     if error is None:
         return "cpp"
     if forced:
@@ -380,15 +302,6 @@ def linear_scan(
     with autocast_off(b.device.type):
         if name == "reference":
             return reference_scan(a, b, h0, reverse=reverse)
-        kernels = _CPP_KERNELS if name == "cpp" else _TORCH_KERNELS if name == "torch" else _triton_state["kernels"]
+        kernels = _CPP_KERNELS if name == "cpp" else _TORCH_KERNELS if name == "torch" else _triton_kernels()
         return _LinearScan.apply(a, b, h0, reverse, kernels)
-
-
-def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
-    """A context with autocast disabled for ``device_type`` (a no-op where it is not on)."""
-    try:
-        on = torch.is_autocast_enabled(device_type)
-    except (TypeError, RuntimeError):  # device types without autocast support
-        on = False
-    return torch.autocast(device_type, enabled=False) if on else contextlib.nullcontext()
 

@@ -31,7 +31,8 @@ from typing import Callable, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from ssm_train.nn.scan import _load_cpp, _triton_error, autocast_off, linear_scan
+from ssm_train.ops.backend import autocast_off, load_cpp, requested_backend, triton_error
+from ssm_train.ops.scan import linear_scan
 
 __all__ = ["selective_scan", "reference_selective_scan", "SELECTIVE_BACKENDS"]
 
@@ -88,7 +89,7 @@ class _FusedSelectiveScan(torch.autograd.Function):
 def _kernels(name: str) -> _Kernels:
     if name == "cpp":
         return _Kernels(torch.ops.ssm_train_selective.forward, torch.ops.ssm_train_selective.backward)
-    from ssm_train.nn import selective_scan_triton
+    from ssm_train.ops import selective_scan_triton
 
     return _Kernels(selective_scan_triton.forward, selective_scan_triton.backward)
 
@@ -96,23 +97,17 @@ def _kernels(name: str) -> _Kernels:
 def select_selective_backend(x: Tensor, backend: SelectiveBackend = "auto") -> str:
     """An explicit argument wins; "auto" defers to $SSM_TRAIN_SELECTIVE_BACKEND, then picks "cpp" on
     CPU when the C++ kernels build, else "scan"."""
-    if backend not in SELECTIVE_BACKENDS:
-        raise ValueError(f"selective_scan: backend must be one of {SELECTIVE_BACKENDS}, got {backend!r}")
+    backend, _ = requested_backend("selective_scan", backend, ENV_SELECTIVE_BACKEND, SELECTIVE_BACKENDS)  # type: ignore[assignment]
     if backend == "auto":
-        env = os.environ.get(ENV_SELECTIVE_BACKEND, "").strip().lower() or "auto"
-        if env not in SELECTIVE_BACKENDS:
-            raise ValueError(f"${ENV_SELECTIVE_BACKEND}={env!r} is not a backend; valid: {SELECTIVE_BACKENDS}")
-        backend = env  # type: ignore[assignment]
-    if backend == "auto":
-        return "cpp" if x.device.type == "cpu" and _load_cpp() is None else "scan"
+        return "cpp" if x.device.type == "cpu" and load_cpp() is None else "scan"
     if backend == "triton":  # the same import and device check as linear_scan's Triton kernels
-        error = _triton_error(x)
+        error = triton_error(x)
         if error is not None:
             raise RuntimeError(f"selective_scan: backend 'triton' requested but {error}")
     if backend == "cpp":
         if x.device.type != "cpu":
             raise ValueError(f"selective_scan: backend 'cpp' runs on CPU only; x is on {x.device}")
-        error = _load_cpp()
+        error = load_cpp()
         if error is not None:
             raise RuntimeError(f"selective_scan: the C++ kernels did not build: {error}")
     return backend

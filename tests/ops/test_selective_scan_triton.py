@@ -1,4 +1,4 @@
-"""The Triton selective-scan kernels (ssm_train/nn/selective_scan_triton.py) against the float64 loop,
+"""The Triton selective-scan kernels (ssm_train/ops/selective_scan_triton.py) against the float64 loop,
 on CPU through Triton's interpreter (TRITON_INTERPRET=1, set in tests/conftest.py before Triton
 loads), and compiled for sm_80/sm_90 with Triton's real compiler (no GPU needed).
 
@@ -12,11 +12,11 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed (pip install 'ssm-train[gpu]' or triton)")
 
-import ssm_train.nn.selective_scan as selective_module  # noqa: E402
-from ssm_train.nn import selective_scan_triton  # noqa: E402
-from ssm_train.nn.selective_scan import reference_selective_scan, select_selective_backend, selective_scan  # noqa: E402
+import ssm_train.ops.selective_scan as selective_module  # noqa: E402
+from ssm_train.ops import selective_scan_triton  # noqa: E402
+from ssm_train.ops.selective_scan import reference_selective_scan, select_selective_backend, selective_scan  # noqa: E402
 from tests.nn.scan_checks import compiled_resource_usage  # noqa: E402
-from tests.nn.test_selective_scan import NAMES, inputs, relative_error, value_and_grads  # noqa: E402
+from tests.ops.test_selective_scan import NAMES, inputs, relative_error, value_and_grads  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not selective_scan_triton.INTERPRET,
@@ -77,7 +77,7 @@ import json, os, re, subprocess, sys, tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from ssm_train.nn import selective_scan_triton as st
+from ssm_train.ops import selective_scan_triton as st
 
 capability = int(sys.argv[1])
 cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")

@@ -1,4 +1,4 @@
-"""The Triton scan kernels (ssm_train/nn/scan_triton.py) against the float64 reference loop, run on
+"""The Triton scan kernels (ssm_train/ops/scan_triton.py) against the float64 reference loop, run on
 CPU through Triton's interpreter (no GPU needed).
 
 TRITON_INTERPRET=1 must be set before the kernels are decorated, i.e. before scan_triton is
@@ -9,7 +9,7 @@ The interpreter executes `tl.associative_scan` one element at a time; `_vectoris
 replaces that loop by one over the scanned axis only (the combine is elementwise, so the result
 is the same) and makes these tests ~10x faster. Sizes stay small anyway: every kernel
 instruction is a NumPy call. The kernels accumulate in float32 for float32/complex64 inputs, so
-they are compared with the same rounding-error bounds as the CPU backends (tests/nn/test_scan.py).
+they are compared with the same rounding-error bounds as the CPU backends (tests/ops/test_scan.py).
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton", reason="triton is not installed (pip install 'ssm-train[gpu]' or triton)")
 
-from ssm_train.nn import scan as scan_mod  # noqa: E402
-from ssm_train.nn import scan_triton  # noqa: E402
-from ssm_train.nn.scan import linear_scan, reference_scan, select_backend  # noqa: E402
-from ssm_train.nn.scan_triton import ScanConfig, default_config  # noqa: E402
+from ssm_train.ops import backend  # noqa: E402
+from ssm_train.ops import scan as scan_mod  # noqa: E402
+from ssm_train.ops import scan_triton  # noqa: E402
+from ssm_train.ops.scan import linear_scan, reference_scan, select_backend  # noqa: E402
+from ssm_train.ops.scan_triton import ScanConfig, default_config  # noqa: E402
 from tests.nn.scan_checks import assert_close_to, compiled_resource_usage  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -135,7 +136,7 @@ def test_kernels_match_float64_reference(dtype, varying, reverse, with_h0, confi
     h, grads = kernel_with_grads(a, b, h0, g, reverse, config)
     ref, ref_grads = reference_with_grads(a, b, h0, g, reverse)
     assert h.dtype == dtype
-    tol = 4 * torch.finfo(dtype).eps / 2 * L  # 4uL: the worst-case bound of tests/nn/test_scan.py
+    tol = 4 * torch.finfo(dtype).eps / 2 * L  # 4uL: the worst-case bound of tests/ops/test_scan.py
     assert_close_to(h, ref, tol, "h")
     for name, got, want in zip(["grad a", "grad b", "grad h0"], grads, ref_grads):
         assert got.dtype == dtype, name
@@ -257,10 +258,7 @@ def test_backend_selection(monkeypatch):
     assert select_backend(b) == "triton"
     calls = []
     real_forward = scan_triton.forward
-    monkeypatch.setitem(
-        scan_mod._triton_state, "kernels",
-        scan_mod._Kernels(lambda *args: calls.append(1) or real_forward(*args), scan_triton.backward),
-    )
+    monkeypatch.setattr(scan_triton, "forward", lambda *args: calls.append(1) or real_forward(*args))
     a, b, _ = random_inputs(1, 9, 3, torch.float32, False, False, seed=2)
     assert_close_to(linear_scan(a, b), reference_scan(a.double(), b.double()), 1e-5, "h")
     assert calls == [1], "SSM_TRAIN_SCAN_BACKEND=triton did not route linear_scan to the Triton kernels"
@@ -269,7 +267,7 @@ def test_backend_selection(monkeypatch):
 def test_errors_name_the_problem(monkeypatch):
     with pytest.raises(RuntimeError, match="backend 'triton' requested but the Triton scan runs on CUDA tensors"):
         select_backend(torch.zeros(1, 2, 3, device="meta"), "triton")
-    monkeypatch.setattr(scan_mod, "_triton_state", {"error": "triton is not importable (ImportError: x)"})
+    monkeypatch.setattr(backend, "_triton_state", {"error": "triton is not importable (ImportError: x)"})
     with pytest.raises(RuntimeError, match="backend 'triton' requested but triton is not importable"):
         select_backend(torch.zeros(1, 2, 3), "triton")
     with pytest.raises(TypeError, match="must share one dtype"):
@@ -285,7 +283,7 @@ import itertools, json, os, re, subprocess, sys, tempfile
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from ssm_train.nn import scan_triton as st
+from ssm_train.ops import scan_triton as st
 
 capability = int(sys.argv[1])
 cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")

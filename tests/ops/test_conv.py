@@ -1,4 +1,4 @@
-"""S4D's convolutional mode (ssm_train/nn/conv.py) against obviously-right references: the kernel
+"""S4D's convolutional mode (ssm_train/ops/conv.py) against obviously-right references: the kernel
 against λ^l summed in float64, the FFT convolution against the sum over j written out, and the
 whole layer against its own recurrence (mode="scan") with the float64 reference scan."""
 
@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssm_train.nn import S4D
-from ssm_train.nn.conv import fft_conv, vandermonde_kernel
-from ssm_train.nn.scan import reference_scan
+from ssm_train.ops.conv import fft_conv, vandermonde_kernel
+from ssm_train.ops.scan import reference_scan
 from tests.nn.scan_checks import run_steps
 
 

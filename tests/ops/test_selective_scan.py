@@ -1,4 +1,4 @@
-"""The fused selective scan (ssm_train/nn/selective_scan.py, csrc/selective_scan_cpu.cpp) against
+"""The fused selective scan (ssm_train/ops/selective_scan.py, csrc/selective_scan_cpu.cpp) against
 the loop over time in float64: values and the gradients of all five inputs, across chunk and
 channel-block boundaries, near a = 1 and a = 0, and what the backward keeps in memory."""
 
@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssm_train.nn.scan import cpp_available
-from ssm_train.nn.selective_scan import CHUNK, reference_selective_scan, select_selective_backend, selective_scan
+from ssm_train.ops.backend import cpp_available
+from ssm_train.ops.selective_scan import CHUNK, reference_selective_scan, select_selective_backend, selective_scan
 
 pytestmark = pytest.mark.skipif(not cpp_available(), reason="the C++ kernels did not build here")
 

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ssm_train.nn.scan_triton import INTERPRET, check_device
+from ssm_train.ops.scan_triton import INTERPRET, check_device
 
 __all__ = ["forward", "backward", "INTERPRET", "check_device", "BLOCK_E"]
 

@@ -17,8 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from ssm_train.nn.init import at_least_float32
-from ssm_train.nn.scan import autocast_off
+from ssm_train.ops.backend import at_least_float32, autocast_off
 
 __all__ = ["vandermonde_kernel", "fft_conv"]
 
