@@ -15,7 +15,7 @@
 Every model parameter is a real float32 tensor (complex values are built inside ``forward``):
 ZeRO flattens parameters into one buffer per dtype and FSDP2 one per ``fully_shard`` group, and
 both fail on, or silently corrupt, complex64 parameters. Nothing here special-cases the recurrence:
-it runs in float32 under any precision because the layers upcast (see ``ssm_train.nn.scan``).
+it runs in float32 under any precision because the layers upcast (see ``ssm_train.ops.scan``).
 
 What works where (measured on CPU with gloo, 2 processes; docs/distributed.md):
 
