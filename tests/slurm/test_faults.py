@@ -30,22 +30,14 @@ from ssm_train.config import load_config
 from ssm_train.run import fit
 from ssm_train.slurm import RequeueOnSignal, Terminated
 from tests.paths import ROOT
+from tests.slurm.test_train import STEPS, TINY, TRAIN_SH
 
 if TYPE_CHECKING:  # fixtures (slurm_cluster) come from conftest.py
     from conftest import Job, SlurmCluster
 
-TRAIN_SH = ROOT / "slurm" / "train.sh"
-STEPS = 200
-# As tests/slurm/test_train.py, with W&B logging offline (the run id must survive the requeue).
-TINY = f"""include: [{ROOT / "configs/experiment/default.yaml"}]
-model: {{d_model: 8, n_layers: 2, d_state: 4}}
-data: {{seq_len: 16, lag: 4, batch_size: 2, val_batches: 1}}
-optim: {{lr: 0.01, warmup_steps: 0, min_lr_ratio: 1.0}}
-trainer: {{accelerator: cpu, strategy: ddp, max_steps: {STEPS}, val_check_interval: 100, limit_val_batches: 1,
-          log_every_n_steps: 1, enable_progress_bar: false, gradient_clip_val: 0.05}}
-checkpoint: {{every_n_steps: 50}}
-logger: {{wandb: {{mode: offline}}}}
-"""
+# test_train.py's tiny job, with W&B logging offline (the run id must survive the requeue).
+TINY = TINY.replace("logger: {mode: disabled}", "logger: {wandb: {mode: offline}}")
+assert "mode: offline" in TINY
 SAVED = r"rank (\d): {why}: saved hpc_ckpt_1\.ckpt at step (\d+)"
 
 
