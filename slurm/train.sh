@@ -59,6 +59,10 @@ MAX_RESTARTS="${MAX_RESTARTS:-3}"
 SWEEP_FILE="${SWEEP_FILE:-}"
 SRUN_ARGS="${SRUN_ARGS:-}"
 export PYTHONUNBUFFERED=1
+# A W&B service address inherited from the submitting process (any process that ran wandb.init
+# exports WANDB_SERVICE): the job must start its own, not attach to one that may be on another node
+# or gone, and that still holds this run's stream from before a requeue ("run ID ... is in use").
+unset WANDB_SERVICE
 
 say() { printf 'train.sh: %s\n' "$*"; }
 fail() { printf 'train.sh: error: %s\n' "$1" >&2; exit "${2:-1}"; }

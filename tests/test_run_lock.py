@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from ssm_train.run_lock import LOCK_NAME, RunDirInUse, hold_run_dir
+from tests.distributed.conftest import cli_env
 from tests.paths import ROOT
 
 TINY = ["model.d_model=8", "model.n_layers=1", "model.d_state=4", "data.seq_len=16", "data.lag=4",
@@ -24,16 +25,10 @@ TINY = ["model.d_model=8", "model.n_layers=1", "model.d_state=4", "data.seq_len=
         "trainer.devices=1", "checkpoint.every_n_steps=10"]
 
 
-def env() -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
-    e.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", WANDB_MODE="disabled")
-    return e
-
-
 def start_fit(runs: Path, name: str, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "ssm_train", "fit", "-c", str(ROOT / "configs/experiment/default.yaml"),
            f"runs_dir={runs}", f"name={name}", *TINY, *extra]
-    return subprocess.Popen(cmd, cwd=runs, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, cwd=runs, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_owner(run_dir: Path, pid: int, timeout: float = 120) -> dict:

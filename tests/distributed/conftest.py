@@ -29,7 +29,7 @@ TINY = ["model.d_model=8", "model.n_layers=2", "model.d_state=4", "data.seq_len=
 
 def cli_env() -> dict[str, str]:
     """Our environment without SLURM's job variables (Lightning would take them for a SLURM job)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "WANDB_SERVICE"))}
     env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", WANDB_MODE="disabled")
     return env
 

@@ -79,6 +79,7 @@ class SlurmCluster:
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The environment for sbatch: ours without stray SLURM_* job variables, plus `extra`."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
+        env.pop("WANDB_SERVICE", None)  # set by this process's own W&B runs; train.sh unsets it as well
         env["SLURM_CONF"] = self.slurm_conf
         env.update(extra or {})
         return env
