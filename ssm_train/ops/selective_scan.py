@@ -25,7 +25,6 @@ All compute in float32 or wider with autocast off (half precisions are upcast).
 from __future__ import annotations
 
 import functools
-import os
 from typing import Callable, Literal, NamedTuple
 
 import torch

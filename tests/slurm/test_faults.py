@@ -13,7 +13,6 @@ from (nothing trained twice), and one W&B run (offline here) continued under the
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -30,7 +29,7 @@ from ssm_train.config import load_config
 from ssm_train.run import fit
 from ssm_train.slurm import RequeueOnSignal, Terminated
 from tests.paths import ROOT
-from tests.slurm.test_train import STEPS, TINY, TRAIN_SH
+from tests.slurm.test_train import STEPS, TINY, TRAIN_SH, assert_same_end, last, logged_losses, run_dir
 
 if TYPE_CHECKING:  # fixtures (slurm_cluster) come from conftest.py
     from conftest import Job, SlurmCluster
@@ -50,19 +49,6 @@ def submit(cluster: SlurmCluster, d: Path, wait: bool) -> Job:
         return cluster.sbatch(["--ntasks-per-node=2", TRAIN_SH, "tiny.yaml"], cwd=d, env=env, sbatch_wait=True,
                               timeout=300)
     return cluster.sbatch(["--ntasks-per-node=2", TRAIN_SH, "tiny.yaml"], cwd=d, env=env, wait=False)
-
-
-def run_dir(job: Job) -> Path:
-    return job.cwd / "runs" / f"ssm-train-{job.id}"
-
-
-def last(run: Path) -> dict:
-    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-
-
-def logged_losses(run: Path) -> list[tuple[int, str]]:
-    with open(run / "csv" / "metrics.csv", newline="") as f:
-        return [(int(r["step"]), r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
 
 
 def wandb_ids(run: Path) -> list[str]:
@@ -134,15 +120,7 @@ def test_an_interrupted_job_ends_where_an_uninterrupted_one_does(
     assert segment_one == list(range(step)), "the first segment trained past its checkpoint"
     assert f"resuming from runs/{run.name}/hpc_ckpt_1.ckpt" in log
     assert torch.load(run / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == step
-    # The same end as without the interruption: the step, every parameter, every logged loss.
-    ref, got = last(run_dir(uninterrupted)), last(run)
-    assert got["global_step"] == ref["global_step"] == STEPS
-    assert ref["state_dict"].keys() == got["state_dict"].keys()
-    for k, v in ref["state_dict"].items():
-        assert torch.equal(got["state_dict"][k], v), k
-    losses = logged_losses(run)
-    assert [s for s, _ in losses] == list(range(STEPS)), "a step logged twice or missing"
-    assert losses == logged_losses(run_dir(uninterrupted))
+    assert_same_end(run, run_dir(uninterrupted))
     # One W&B run, continued: both segments wrote under the id kept in the run directory.
     wandb_id = (run / "wandb_id").read_text().strip()
     assert wandb_ids(run) == [wandb_id, wandb_id], list((run / "wandb").iterdir())

@@ -51,6 +51,18 @@ def run_dir(job: Job, name: str | None = None) -> Path:
     return job.cwd / "runs" / (name or f"ssm-train-{job.id}")
 
 
+def assert_same_end(run: Path, reference: Path) -> None:
+    """The same end as without the interruption: the step, every parameter, every logged loss."""
+    ref, got = last(reference), last(run)
+    assert got["global_step"] == ref["global_step"] == STEPS
+    assert ref["state_dict"].keys() == got["state_dict"].keys()
+    for k, v in ref["state_dict"].items():
+        assert torch.equal(got["state_dict"][k], v), k
+    losses = logged_losses(run)
+    assert [s for s, _ in losses] == list(range(STEPS)), "a step logged twice or missing"
+    assert losses == logged_losses(reference)
+
+
 def last(run: Path) -> dict:
     return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
 
@@ -108,15 +120,7 @@ def test_preempted_job_requeues_and_ends_where_an_uninterrupted_one_does(
     assert "restart 1/3" in log and f"resuming from runs/{run.name}/hpc_ckpt_1.ckpt" in log
     assert slurm_cluster.show_job(job.id)[0]["Restarts"] == "1"
     assert torch.load(run / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == step
-    # The same end as without the interruption: the step, every parameter, every logged loss.
-    ref, got = last(run_dir(uninterrupted)), last(run)
-    assert got["global_step"] == ref["global_step"] == STEPS
-    assert ref["state_dict"].keys() == got["state_dict"].keys()
-    for k, v in ref["state_dict"].items():
-        assert torch.equal(got["state_dict"][k], v), k
-    losses = logged_losses(run)
-    assert [s for s, _ in losses] == list(range(STEPS)), "a step logged twice or missing"
-    assert losses == logged_losses(run_dir(uninterrupted))
+    assert_same_end(run, run_dir(uninterrupted))
 
 
 @pytest.mark.slurm
