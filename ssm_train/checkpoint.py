@@ -279,3 +279,12 @@ def newest_readable(paths: Iterable[Path], say: Callable[[str], None] = print) -
             return path
         say(f"skipping checkpoint {path}: {reason}")
     return None
+
+
+def newest_resumable(run_dir: Path, checkpoint_dirs: Iterable[Path], say: Callable[[str], None] = print) -> Path | None:
+    """What ``checkpoint.resume=auto`` resumes from: the newest readable of last.ckpt and SLURM's
+    hpc_ckpt_*, else of the best-* checkpoints (saved at validation, a step that may be older)."""
+    checkpoint_dirs = list(checkpoint_dirs)
+    latest = [*(d / "last.ckpt" for d in checkpoint_dirs), *Path(run_dir).glob("hpc_ckpt_*.ckpt")]
+    best = [p for d in checkpoint_dirs for p in d.glob("best-*.ckpt")]
+    return newest_readable(latest, say) or newest_readable(best, say)

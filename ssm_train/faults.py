@@ -226,10 +226,7 @@ def resume_hint() -> str:
 
     if WATCH.run_dir is None:
         return "rerun to start again"
-    candidates = [*(d / "last.ckpt" for d in WATCH.checkpoint_dirs), *WATCH.run_dir.glob("hpc_ckpt_*.ckpt")]
-    best = [p for d in WATCH.checkpoint_dirs for p in d.glob("best-*.ckpt")]
-    quiet: Callable[[str], None] = lambda _: None  # noqa: E731
-    found = checkpoint.newest_readable(candidates, quiet) or checkpoint.newest_readable(best, quiet)
+    found = checkpoint.newest_resumable(WATCH.run_dir, WATCH.checkpoint_dirs, say=lambda _: None)
     if found is None:
         return "no checkpoint yet: rerun to start again"
     step = ""

@@ -112,9 +112,7 @@ def resume_path(cfg: Config) -> str | None:
             raise CheckpointError(f"key 'checkpoint.resume': {resume}: {reason}")
         return resume
     say = print if is_rank_zero() else (lambda _: None)
-    latest = [checkpoint_dir(cfg) / "last.ckpt", *cfg.run_dir.glob("hpc_ckpt_*.ckpt")]
-    found = (checkpoint.newest_readable(latest, say)
-             or checkpoint.newest_readable(checkpoint_dir(cfg).glob("best-*.ckpt"), say))
+    found = checkpoint.newest_resumable(cfg.run_dir, [checkpoint_dir(cfg)], say)
     return str(found) if found else None
 
 
