@@ -38,6 +38,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from ssm_train.config import Config
 from ssm_train.errors import ConfigError
+from ssm_train.faults import ReportingDDPStrategy, ReportsLostRanks, collective_timeout
 from ssm_train.paths import project_file, search_roots
 
 if TYPE_CHECKING:
@@ -68,8 +69,6 @@ def build_strategy(cfg: Config) -> Strategy | str:
     if name == "auto":
         return "auto"
     if name == "ddp":  # a lost rank is reported by the ranks, and a silent one times out (ssm_train/faults.py)
-        from ssm_train.faults import ReportingDDPStrategy, collective_timeout
-
         return ReportingDDPStrategy(process_group_backend=backend, timeout=collective_timeout())
     if name in ("fsdp", "hsdp"):
         if precision == "16-mixed":  # fp16 needs a sharded gradient scaler, which Lightning does not offer
@@ -87,7 +86,7 @@ def build_strategy(cfg: Config) -> Strategy | str:
 # ------------------------------------------------------------------------------------------ FSDP2
 
 
-class FSDP2Strategy(ModelParallelStrategy):
+class FSDP2Strategy(ReportsLostRanks, ModelParallelStrategy):
     """Lightning's ModelParallelStrategy as pure FSDP2: every rank data-parallel, no tensor parallelism.
 
     Lightning's default mesh is (nodes) x (devices per node) for FSDP across nodes and tensor
@@ -100,7 +99,8 @@ class FSDP2Strategy(ModelParallelStrategy):
     """
 
     def __init__(self, process_group_backend: str | None = None, hybrid: bool = False) -> None:
-        super().__init__(save_distributed_checkpoint=False, process_group_backend=process_group_backend)
+        super().__init__(save_distributed_checkpoint=False, process_group_backend=process_group_backend,
+                         timeout=collective_timeout())
         self.hybrid = hybrid
         self._hybrid_mesh: DeviceMesh | None = None
 

@@ -310,13 +310,18 @@ def end_children(within: float) -> None:
 # --------------------------------------------------------------------- the launcher's observer
 
 
-class ReportingDDPStrategy(DDPStrategy):
-    """DDP whose launcher's observer thread leaves the reporting to the ranks (see the module doc)."""
+class ReportsLostRanks:
+    """Mixin for a strategy that Lightning's subprocess launcher starts (``trainer.devices=N``): its
+    observer thread leaves the reporting to the ranks (see the module doc). DDP and FSDP2 use it."""
 
     def _configure_launcher(self) -> None:
-        super()._configure_launcher()
+        super()._configure_launcher()  # type: ignore[misc]
         if type(self._launcher) is _SubprocessScriptLauncher:
             self._launcher = ReportingLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+
+
+class ReportingDDPStrategy(ReportsLostRanks, DDPStrategy):
+    """DDP whose lost ranks are reported by name."""
 
 
 class ReportingLauncher(_SubprocessScriptLauncher):

@@ -120,6 +120,21 @@ def test_a_killed_rank_is_named_by_the_survivor_and_a_rerun_resumes(runs, refere
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
+def test_a_killed_fsdp_rank_is_named_too(runs) -> None:
+    """FSDP2 is launched the same way (ReportsLostRanks): rank 1 killed, rank zero names it."""
+    fsdp = ["trainer.devices=2", "trainer.strategy=fsdp", "trainer.log_every_n_steps=1"]
+    proc = runs.start("fsdp-kill1", *fsdp, entry=ENTRY, env=lose(1))
+    out, err = proc.communicate(timeout=150)
+    killed_at, gone_at = lost_at(out)
+    pid = ranks(runs.dir / "fsdp-kill1")[1]
+    assert proc.returncode == 1 and gone_at - killed_at < EXIT_BOUND_S, err[-3000:]
+    assert (f"ssm-train fit: rank 1 (host {socket.gethostname()}, pid {pid}, killed by SIGKILL) was lost at "
+            f"step {STEP}; rerun to resume from fsdp-kill1/checkpoints/last.ckpt (step 3)") in err, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_a_stopped_rank_times_out_the_collective_and_is_ended(runs) -> None:
     started = time.time()
     proc = runs.start("stopped", *TWO, entry=ENTRY, env={**lose(1, "SIGSTOP"),
