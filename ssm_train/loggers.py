@@ -1,11 +1,15 @@
-"""Loggers of ssm-train: a CSV metrics log that survives restarts (pre-emption, crash and resume)."""
+"""Loggers of ssm-train: a CSV metrics log that survives restarts (pre-emption, crash and resume),
+and a W&B logger that a dead W&B service cannot crash."""
 
 from __future__ import annotations
 
 import csv
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.loggers import CSVLogger
+import sys
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 
@@ -49,3 +53,34 @@ class _AppendingWriter(ExperimentWriter):
             self.metrics_keys = sorted(header)  # new keys extend this header (Lightning rewrites the file)
         self._trimmed = self._trimmed or bool(self.metrics)
         super().save()
+
+
+class ResilientWandbLogger(WandbLogger):
+    """Lightning's WandbLogger, but a lost connection to W&B's service stops W&B logging with one
+    line instead of ending the run.
+
+    SLURM's SIGTERM (``scancel``, ``scontrol requeue``, the time limit) reaches every process of the
+    job at once, W&B's service too, which exits; a ``wandb.log`` already under way in rank zero then
+    raised ConnectionResetError in the middle of the step, before the checkpoint the SIGTERM handler
+    was about to write (seen under load in tests/slurm/test_faults.py). The CSV log keeps every row,
+    and a resumed run continues the W&B run under the same id.
+    """
+
+    lost: str | None = None  # why W&B logging stopped
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        self._guarded(super().log_metrics, metrics, step)
+
+    def log_image(self, *args: Any, **kwargs: Any) -> None:
+        self._guarded(super().log_image, *args, **kwargs)
+
+    def _guarded(self, call: Any, *args: Any, **kwargs: Any) -> None:
+        if self.lost is not None:
+            return
+        try:
+            call(*args, **kwargs)
+        except (ConnectionError, BrokenPipeError) as e:
+            self.lost = f"{type(e).__name__}: {e}"
+            print(f"W&B: the connection to its service was lost ({self.lost}); logging to W&B stops here, "
+                  "the CSV log (csv/metrics.csv) keeps every row", file=sys.stderr, flush=True)
+

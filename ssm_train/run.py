@@ -35,7 +35,7 @@ from ssm_train.data.kinds import build_datamodule
 from ssm_train.distributed import DEEPSPEED, build_strategy
 from ssm_train.errors import ConfigError
 from ssm_train.faults import FaultWatch
-from ssm_train.loggers import RestartableCSVLogger
+from ssm_train.loggers import ResilientWandbLogger, RestartableCSVLogger
 from ssm_train.run_lock import hold_run_dir
 from ssm_train.slurm import build_plugins, slurm_callbacks, slurm_topology
 from ssm_train.tasks import TASKS, SequenceTask
@@ -131,7 +131,7 @@ def build_loggers(cfg: Config, run_dir: Path) -> list[Logger]:
     if mode == "auto":
         mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
     if mode != "disabled":
-        loggers.append(WandbLogger(
+        loggers.append(ResilientWandbLogger(
             project=w.project, entity=w.entity, name=cfg.name, id=_wandb_id(run_dir), resume="allow",
             save_dir=str(run_dir), mode=mode, tags=list(w.tags), group=w.group, config=to_dict(cfg)))
     if cfg.logger.csv:
