@@ -172,19 +172,24 @@ def unreadable(path: str | Path) -> str | None:
     path = Path(path)
     if path.is_dir():
         return _unreadable_folder(path)
+    return _read(path, mmap=True)[1]
+
+
+def _read(path: Path, mmap: bool) -> tuple[dict | None, str | None]:
+    """(the checkpoint, None) or (None, what is wrong): one parse, the cheap checks first."""
     if not path.is_file():
-        return "no such file"
+        return None, "no such file"
     if path.stat().st_size == 0:
-        return "an empty file (a save that never finished?)"
+        return None, "an empty file (a save that never finished?)"
     if not zipfile.is_zipfile(path):
-        return _not_zip(path)
+        return None, _not_zip(path)
     try:
-        state = _load(path, mmap=True)
-    except Exception as e:  # noqa: BLE001  (every way torch.load fails is a reason to skip it)
-        return _load_failure(e)
+        state = _load(path, mmap=mmap)
+    except Exception as e:  # noqa: BLE001  (every way torch.load fails is a reason to refuse it)
+        return None, _load_failure(e)
     if not isinstance(state, dict) or "state_dict" not in state:
-        return "not a Lightning checkpoint (no 'state_dict')"
-    return None
+        return None, "not a Lightning checkpoint (no 'state_dict')"
+    return state, None
 
 
 def _not_zip(path: Path) -> str:
@@ -230,13 +235,10 @@ def load(path: str | Path, mmap: bool = False) -> dict:
     if path.is_dir():
         raise CheckpointError(f"{path}: a folder (a DeepSpeed checkpoint?); give a checkpoint file, "
                               f"or consolidate it first with 'ssm-train export {path} OUT'")
-    reason = unreadable(path)
+    state, reason = _read(path, mmap=mmap)
     if reason:
         raise CheckpointError(f"{path}: {reason}")
-    try:
-        return _load(path, mmap=mmap)
-    except Exception as e:  # noqa: BLE001  (damaged tensor data: mmap did not read it)
-        raise CheckpointError(f"{path}: {_load_failure(e)}") from None
+    return state
 
 
 def hyper_parameters(state: Mapping, path: str | Path) -> dict:
