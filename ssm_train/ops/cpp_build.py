@@ -62,6 +62,8 @@ from pathlib import Path
 
 import torch
 
+from ssm_train.atomic import atomic_write, fsync_dir
+
 __all__ = ["BuildSpec", "BuildError", "BuildTimeout", "build_directory", "load_library", "ENV_TIMEOUT"]
 
 log = logging.getLogger(__name__)
@@ -179,31 +181,6 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable (a crash must not bring back a marker without its library)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file + fsync + os.replace: readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _valid_library(directory: Path, key: str) -> Path | None:
@@ -368,7 +345,7 @@ def _build(
             os.fsync(f.fileno())
         lib = directory / f"{spec.name}.so"
         os.replace(built, lib)  # same filesystem: atomic; this process's mapping follows the inode
-        _fsync_dir(directory)
+        fsync_dir(directory)
         marker = {
             "key": key,
             "library": lib.name,
@@ -378,13 +355,13 @@ def _build(
             "seconds": round(time.monotonic() - t0, 2),
             "inputs": inputs,
         }
-        _write_atomic(directory / MARKER, json.dumps(marker, indent=1).encode())
+        atomic_write(directory / MARKER, lambda f: f.write(json.dumps(marker, indent=1).encode()))
         (directory / FAILED).unlink(missing_ok=True)
         _append_log(directory, f"build ok {time.monotonic() - t0:.1f}s")
         return lib
     except Exception as exc:
         error = f"{type(exc).__name__}: {_first_error_line(exc)}"
-        _write_atomic(directory / FAILED, json.dumps({"time": time.time(), "error": error}).encode())
+        atomic_write(directory / FAILED, lambda f: f.write(json.dumps({"time": time.time(), "error": error}).encode()))
         _append_log(directory, f"build failed {time.monotonic() - t0:.1f}s: {error}")
         raise BuildError(error) from exc
     finally:

@@ -146,7 +146,7 @@ def test_marker_must_verify_before_a_library_is_loaded(tmp_path):
     lib = tmp_path / "x.so"
     lib.write_bytes(b"\x7fELF" + b"x" * 1000)
     marker = {"key": "k", "library": "x.so", "size": lib.stat().st_size, "sha256": cpp_build._sha256_file(lib)}
-    cpp_build._write_atomic(tmp_path / cpp_build.MARKER, json.dumps(marker).encode())
+    (tmp_path / cpp_build.MARKER).write_text(json.dumps(marker))
     assert cpp_build._valid_library(tmp_path, "k") == lib
     assert cpp_build._valid_library(tmp_path, "other key") is None
     with open(lib, "r+b") as f:
