@@ -5,6 +5,16 @@ One call, `linear_scan(a, b, h0, reverse=...)`, for every recurrent layer:
 * ``b``: ``[B, L, D]`` inputs, ``a``: ``[D]`` (constant in time: LRU, S4D) or ``[B, L, D]``
   (time varying: selective SSMs), ``h0``: ``[B, D]`` or None (zero). Real or complex.
 * ``reverse=True`` runs from the end: h_t = a_t ⊙ h_{t+1} + b_t, h_L = h0.
+* ``resets``: ``[B, L]`` bool, True where a document starts. Forward, the state is zero before
+  such a step (h_t = b_t, also dropping h0 at t = 0). Reverse, the cut falls at the step before a
+  document start, i.e. at each document's last step, so a bidirectional layer never reads the
+  next document; h0 (the state after the window) is never dropped in reverse.
+
+Resets are folded into a time-varying decay, a_t ← 0 at each cut, before the kernels run: every
+backend then handles them forward and backward with no kernel of its own, and autograd maps the
+gradient of the folded decay back to ``a``. Cuts at the first step only touch h0 and are applied
+to h0 instead, so a window whose only boundary is at its start costs nothing extra; a window with
+an interior boundary and a constant ``a`` pays one [B, L, D] decay tensor (and its gradient).
 
 Gradients come from a custom autograd Function. The backward of a linear recurrence is the
 reverse recurrence with conj(a) shifted by one step (PyTorch's conjugate-Wirtinger convention):
@@ -38,7 +48,7 @@ from torch import Tensor
 
 from ssm_train.ops.backend import UPCAST_DTYPES, autocast_off, load_cpp, requested_backend, triton_error, triton_scan_module
 
-__all__ = ["linear_scan", "reference_scan", "select_backend", "BACKENDS", "ENV_BACKEND"]
+__all__ = ["linear_scan", "reference_scan", "flip_resets", "cuts", "select_backend", "BACKENDS", "ENV_BACKEND"]
 
 Backend = Literal["auto", "cpp", "torch", "triton", "reference"]
 BACKENDS: tuple[str, ...] = ("auto", "cpp", "torch", "triton", "reference")
@@ -52,26 +62,47 @@ _UPCAST_DTYPES = UPCAST_DTYPES
 # Reference
 
 
-def reference_scan(a: Tensor, b: Tensor, h0: Tensor | None = None, *, reverse: bool = False) -> Tensor:
-    """Obviously-right loop over time. a: [D] or [B, L, D]; b: [B, L, D]; h0: [B, D] or None.
+def reference_scan(
+    a: Tensor, b: Tensor, h0: Tensor | None = None, *, reverse: bool = False, resets: Tensor | None = None
+) -> Tensor:
+    """Obviously-right loop over time. a: [D] or [B, L, D]; b: [B, L, D]; h0: [B, D] or None;
+    resets: [B, L] bool or None (see the module docstring for where the state is cut).
 
     Computes in the promoted dtype of the inputs (pass float64/complex128 for a high-precision
     reference). Differentiable by plain autograd; iterates over ``unbind`` views so that the
     backward stays O(L) (indexing ``b[:, t]`` would make it O(L²)).
     """
     _check_shapes(a, b, h0)
+    _check_resets(resets, b)
     B, L, D = b.shape
     dtype = _result_dtype(a, b, h0)
     h = torch.zeros(B, D, dtype=dtype, device=b.device) if h0 is None else h0.to(dtype)
     a_steps = [a.to(dtype)] * L if a.dim() == 1 else list(a.to(dtype).unbind(1))
     b_steps = list(b.to(dtype).unbind(1))
+    cut = None if resets is None else cuts(resets, reverse).unbind(1)
     out: list[Tensor] = [h] * L
     for t in reversed(range(L)) if reverse else range(L):
+        if cut is not None:
+            h = torch.where(cut[t].unsqueeze(-1), torch.zeros_like(h), h)
         h = a_steps[t] * h + b_steps[t]
         out[t] = h
     if L == 0:
         return b.new_zeros(B, 0, D, dtype=dtype)
     return torch.stack(out, dim=1)
+
+
+def flip_resets(resets: Tensor) -> Tensor:
+    """The resets of the time-reversed window: a document starting at t' in ``x.flip(1)`` is one
+    ending at L - t' in ``x``, so columns 1.. are reversed and column 0 (the window start) stays."""
+    return torch.cat([resets[:, :1], resets[:, 1:].flip(1)], dim=1)
+
+
+def cuts(resets: Tensor, reverse: bool = False) -> Tensor:
+    """cut[:, t] True: the state entering step t is dropped. Forward that is resets[:, t]; reverse,
+    where step t reads h_{t+1}, it is resets[:, t+1] (False at the last step: h0 is kept)."""
+    if not reverse:
+        return resets
+    return torch.cat([resets[:, 1:], resets.new_zeros(resets.shape[0], 1)], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +140,35 @@ def _check_shapes(a: Tensor, b: Tensor, h0: Tensor | None) -> None:
             )
         if x.device != b.device:
             raise ValueError(f"linear_scan: {name} is on {x.device} but b is on {b.device}; move them together")
+
+
+def _check_resets(resets: Tensor | None, b: Tensor) -> None:
+    if resets is None:
+        return
+    if not isinstance(resets, Tensor) or resets.dtype != torch.bool:
+        what = type(resets).__name__ if not isinstance(resets, Tensor) else f"dtype {resets.dtype}"
+        raise TypeError(f"linear_scan: resets must be a bool tensor [B, L] (True where a document starts), got {what}")
+    if resets.shape != b.shape[:2]:
+        raise ValueError(f"linear_scan: resets must have shape [B, L] = {list(b.shape[:2])}, got {list(resets.shape)}")
+    if resets.device != b.device:
+        raise ValueError(f"linear_scan: resets is on {resets.device} but b is on {b.device}; move them together")
+
+
+def _fold_resets(
+    a: Tensor, b: Tensor, h0: Tensor | None, resets: Tensor, reverse: bool
+) -> tuple[Tensor, Tensor | None]:
+    """(a, h0) with the cuts folded in: h0 rows cut at the first step zeroed, a_t = 0 at the
+    other cuts (a becomes time varying only if there is one)."""
+    cut = cuts(resets, reverse)
+    if h0 is not None and not reverse:
+        h0 = torch.where(cut[:, 0, None], torch.zeros_like(h0), h0)
+    inner = cut if reverse else cut[:, 1:]
+    if not bool(inner.any()):
+        return a, h0
+    if not reverse:
+        cut = torch.cat([torch.zeros_like(cut[:, :1]), cut[:, 1:]], dim=1)
+    a = torch.where(cut.unsqueeze(-1), torch.zeros((), dtype=a.dtype, device=a.device), a.expand_as(b))
+    return a.contiguous(), h0
 
 
 def _prepare(a: Tensor, b: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -289,19 +349,25 @@ def linear_scan(
     h0: Tensor | None = None,
     *,
     reverse: bool = False,
+    resets: Tensor | None = None,
     backend: Backend = "auto",
 ) -> Tensor:
     """h_t = a_t ⊙ h_{t-1} + b_t over the time axis of ``b`` (or h_t = a_t ⊙ h_{t+1} + b_t if
-    ``reverse``), starting from ``h0`` (zero if None).
+    ``reverse``), starting from ``h0`` (zero if None), with the state zeroed at document starts
+    given by ``resets`` (see the module docstring).
 
-    a: [D] or [B, L, D]; b: [B, L, D]; h0: [B, D]. Returns [B, L, D] in the promoted dtype of the
-    inputs, float32 at least (half precisions are upcast; autocast is disabled inside).
+    a: [D] or [B, L, D]; b: [B, L, D]; h0: [B, D]; resets: [B, L] bool. Returns [B, L, D] in the
+    promoted dtype of the inputs, float32 at least (half precisions are upcast; autocast is
+    disabled inside).
     """
     a, b, h0 = _prepare(a, b, h0)
+    _check_resets(resets, b)
     name = select_backend(b, backend)
     with autocast_off(b.device.type):
         if name == "reference":
-            return reference_scan(a, b, h0, reverse=reverse)
+            return reference_scan(a, b, h0, reverse=reverse, resets=resets)
+        if resets is not None:
+            a, h0 = _fold_resets(a, b, h0, resets, reverse)
         kernels = _CPP_KERNELS if name == "cpp" else _TORCH_KERNELS if name == "torch" else _triton_kernels()
         return _LinearScan.apply(a, b, h0, reverse, kernels)
 
