@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssm_train.nn.registry import LayerConfig, LayerContext, register_layer
+from ssm_train.ops.scan import flip_resets
 
 KVCache = tuple[Tensor, Tensor]  # (keys, values), each [B, n_heads, t, head_dim]
 
@@ -55,10 +56,19 @@ def rotary(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+def document_mask(resets: Tensor) -> Tensor:
+    """[B, 1, L, L] bool: query s may attend to key t iff t <= s and no document starts in (t, s]."""
+    doc = resets.to(torch.int64).cumsum(1)  # document index of each position
+    L = resets.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=resets.device).tril()
+    return (causal & (doc[:, :, None] == doc[:, None, :]))[:, None]
+
+
 class CausalSelfAttention(nn.Module):
     """Causal multi-head self-attention with rotary positions (the Transformer baseline)."""
 
     recurrent_params = ()  # nothing recurrent: every parameter is an ordinary weight
+    carries_state = False  # no finite state to carry across windows (model.carry_state refuses it)
 
     def __init__(
         self,
@@ -104,16 +114,27 @@ class CausalSelfAttention(nn.Module):
 
     # -- sequence and step ---------------------------------------------------------------------------
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: [B, L, H] -> [B, L, H]; position t attends to 0..t (to t..L-1 if reverse)."""
-        if self.reverse:
-            return self._causal(x.flip(1)).flip(1)
-        return self._causal(x)
+    def forward(self, x: Tensor, resets: Tensor | None = None, state: KVCache | None = None,
+                return_state: bool = False) -> Tensor:
+        """x: [B, L, H] -> [B, L, H]; position t attends to 0..t (to t..L-1 if reverse).
 
-    def _causal(self, x: Tensor) -> Tensor:
+        ``resets`` [B, L] bool (a document starts at t) makes the mask block-diagonal: t attends
+        only within its document (RoPE is relative, so positions need no restart). Attention has
+        no finite state to carry from one window to the next: ``state``/``return_state`` are
+        refused rather than silently ignored.
+        """
+        if state is not None or return_state:
+            raise ValueError("attention carries no state across windows (model.carry_state needs a recurrent kind)")
+        if self.reverse:
+            return self._causal(x.flip(1), None if resets is None else flip_resets(resets)).flip(1)
+        return self._causal(x, resets)
+
+    def _causal(self, x: Tensor, resets: Tensor | None = None) -> Tensor:
         positions = torch.arange(x.shape[1], device=x.device)
         q, k, v = self._heads(x, positions)
-        return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        if resets is None:
+            return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        return self._merge(F.scaled_dot_product_attention(q, k, v, attn_mask=document_mask(resets)))
 
     def step(self, x_t: Tensor, state: KVCache | None = None) -> tuple[Tensor, KVCache]:
         """One token: x_t [B, H], the KV cache of the previous tokens (None = empty) -> (y_t, cache)."""

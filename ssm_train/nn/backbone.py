@@ -15,12 +15,19 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ssm_train.nn.block import NORMS, Block, _lookup
 from ssm_train.nn.registry import MixerFactory
+from ssm_train.nn.state import zero_rows
 
 HEADS = ("lm", "classify", "regress")
 POOLINGS = ("mean", "last")
+# activation checkpointing: none; block (keep each block's input, recompute the block in the
+# backward: the activations of one block alive instead of n_layers); chunk (run the stack over
+# time chunks of checkpoint_chunk steps, passing the recurrent states between them, and recompute
+# one chunk at a time: activation memory of one chunk, whatever the sequence length)
+CHECKPOINTING = ("none", "block", "chunk")
 
 
 class Backbone(nn.Module):
@@ -41,6 +48,8 @@ class Backbone(nn.Module):
         pooling: str = "mean",
         tie_weights: bool = False,
         merge: str = "sum",
+        checkpointing: str = "none",
+        checkpoint_chunk: int = 4096,
     ):
         super().__init__()
         if (vocab_size is None) == (d_input is None):
@@ -59,7 +68,12 @@ class Backbone(nn.Module):
             raise ValueError(f"head={head!r} needs d_output (number of classes or targets)")
         if tie_weights and not (head == "lm" and d_output == vocab_size):
             raise ValueError("tie_weights=True needs head='lm' with d_output == vocab_size")
+        if checkpointing not in CHECKPOINTING:
+            raise ValueError(f"checkpointing must be one of {CHECKPOINTING}, got {checkpointing!r}")
         self.head_kind, self.pooling, self.d_output = head, pooling, d_output
+        if checkpoint_chunk < 1:
+            raise ValueError(f"checkpoint_chunk must be >= 1 time steps, got {checkpoint_chunk}")
+        self.checkpointing, self.checkpoint_chunk = checkpointing, checkpoint_chunk
         self.vocab_size, self.d_input = vocab_size, d_input
 
         if vocab_size is not None:
@@ -72,6 +86,10 @@ class Backbone(nn.Module):
             Block(d_model, mixer, norm, mlp, mlp_ratio, dropout, bidirectional, merge)
             for _ in range(n_layers)
         )
+        if checkpointing == "chunk" and (bidirectional or not all(getattr(b.mixer, "carries_state", True)
+                                                                  for b in self.blocks)):
+            raise ValueError("checkpointing='chunk' passes recurrent states between time chunks: it needs a "
+                             "causal recurrent model (not bidirectional, not attention); use 'block'")
         self.norm_f = _lookup(NORMS, norm, "norm")(d_model)
         self.head = nn.Linear(d_model, d_output, bias=head != "lm")
         if tie_weights:
@@ -79,23 +97,62 @@ class Backbone(nn.Module):
 
     # -- sequence ---------------------------------------------------------------------------------
 
-    def features(self, x: Tensor) -> Tensor:
-        """x: [B, L] ids or [B, L, d_input] -> final-normalised features [B, L, d_model]."""
-        h = self.dropout(self.encoder(x))
-        for block in self.blocks:
-            h = block(h)
-        return self.norm_f(h)
+    def features(self, x: Tensor, resets: Tensor | None = None, state: list | None = None,
+                 return_state: bool = False) -> Tensor | tuple[Tensor, list]:
+        """x: [B, L] ids or [B, L, d_input] -> final-normalised features [B, L, d_model].
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        ``resets`` [B, L] bool: a document starts at t (every layer's state is zero before t);
+        ``state``: one entry per block from a previous window (None = zeros), dropped for rows
+        with resets[:, 0]; ``return_state``: also return the states after the last step.
+        """
+        if state is not None and len(state) != len(self.blocks):
+            raise ValueError(f"state must be a list of {len(self.blocks)} entries (one per block), got {len(state)}")
+        if state is not None and resets is not None:
+            state = [zero_rows(s, resets[:, 0]) for s in state]
+        h = self.dropout(self.encoder(x))
+        if self.checkpointing == "chunk" and torch.is_grad_enabled():
+            h, states = self._chunked_blocks(h, resets, state)
+        else:
+            h, states = self._blocks(h, resets, state, return_state, self.checkpointing == "block")
+        h = self.norm_f(h)
+        return (h, states) if return_state else h
+
+    def _blocks(self, h: Tensor, resets: Tensor | None, state: list | None, return_state: bool = True,
+                block_checkpoint: bool = False) -> tuple[Tensor, list]:
+        """Every block on h, each from its entry of ``state``; returns h and (if asked) the last states."""
+        states = []
+        for i, block in enumerate(self.blocks):
+            args = (h, resets, None if state is None else state[i], return_state)
+            recompute = block_checkpoint and torch.is_grad_enabled()
+            out = checkpoint(block, *args, use_reentrant=False) if recompute else block(*args)
+            h, s = out if return_state else (out, None)
+            states.append(s)
+        return h, states
+
+    def _chunked_blocks(self, h: Tensor, resets: Tensor | None, state: list | None) -> tuple[Tensor, list]:
+        """The stack over consecutive time chunks, each recomputed in the backward from its input
+        and the states the chunk before left: activations of one chunk are alive at a time, and
+        the states between chunks (not detached) carry the gradient across them exactly."""
+        C = self.checkpoint_chunk
+        outs = []
+        for s in range(0, h.shape[1], C):
+            r = None if resets is None else resets[:, s:s + C]
+            y, state = checkpoint(self._blocks, h[:, s:s + C], r, state, use_reentrant=False)
+            outs.append(y)
+        return torch.cat(outs, 1), state
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, resets: Tensor | None = None,
+                state: list | None = None, return_state: bool = False) -> Tensor | tuple[Tensor, list]:
         """lm: [B, L, vocab]; regress: [B, L, d_output]; classify: [B, d_output].
 
         mask [B, L] (bool, True = real token) only affects classify pooling; each row needs one
-        True. With pooling='last' the last True position is used.
+        True. With pooling='last' the last True position is used. ``resets``, ``state`` and
+        ``return_state`` as in `features` (sequence heads only).
         """
-        h = self.features(x)
-        if self.head_kind != "classify":
-            return self.head(h)
-        return self.head(self.pool(h, mask))
+        out = self.features(x, resets, state, return_state)
+        h, state = out if return_state else (out, None)
+        y = self.head(h) if self.head_kind != "classify" else self.head(self.pool(h, mask))
+        return (y, state) if return_state else y
 
     def pool(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
         """[B, L, H] -> [B, H] by mean or last position (respecting mask)."""
@@ -114,14 +171,23 @@ class Backbone(nn.Module):
 
     # -- step ---------------------------------------------------------------------------------------
 
-    def step(self, x_t: Tensor, state: list | None = None) -> tuple[Tensor, list]:
+    def step(self, x_t: Tensor, state: list | None = None, reset: Tensor | None = None) -> tuple[Tensor, list]:
         """One token: x_t [B] ids or [B, d_input] -> (output [B, d_output], state).
 
         state is a list with one entry per block; for head='classify' with mean pooling one more
         entry, (running sum of features, count), so that the output at step t is the
-        classification of the prefix x[:, :t+1] (equal to forward on that prefix).
+        classification of the prefix x[:, :t+1] (equal to forward on that prefix). ``reset`` [B]
+        bool zeroes the state of those rows first (a document starts at this token), as
+        ``resets`` does in `forward`.
         """
         n = len(self.blocks)
+        if reset is not None and state is not None and bool(reset.any()):
+            if bool(reset.all()):
+                state = None
+            elif not all(getattr(b.mixer, "carries_state", True) for b in self.blocks):
+                raise ValueError("a KV cache cannot be reset for some rows only; reset every row or none")
+            else:
+                state = [zero_rows(s, reset) for s in state[:n]] + list(state[n:])
         running_mean = self.head_kind == "classify" and self.pooling == "mean"
         state = [None] * (n + running_mean) if state is None else list(state)
         if len(state) != n + running_mean:

@@ -86,6 +86,19 @@ class GLU(nn.Module):
 MLPS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "glu": GLU}
 
 
+def mixer_kwargs(resets: Tensor | None, state: Any, return_state: bool) -> dict[str, Any]:
+    """Only the keywords in use, so that a mixer without resets or state support still runs
+    plain windows (a new layer starts with forward(u) and adds them when it needs them)."""
+    kw: dict[str, Any] = {}
+    if resets is not None:
+        kw["resets"] = resets
+    if state is not None:
+        kw["state"] = state
+    if return_state:
+        kw["return_state"] = True
+    return kw
+
+
 # -- the block ------------------------------------------------------------------------------------
 
 
@@ -121,17 +134,27 @@ class Block(nn.Module):
         self.mlp = make_mlp(d_model, mlp_ratio, dropout)
         self.dropout = nn.Dropout(dropout)
 
-    def mix(self, x: Tensor) -> Tensor:
-        y = self.mixer(x)
-        if not self.bidirectional:
-            return y
-        y_bwd = self.mixer_bwd(x)
-        return y + y_bwd if self.merge == "sum" else self.merge_proj(torch.cat([y, y_bwd], dim=-1))
+    def mix(self, x: Tensor, resets: Tensor | None = None, state: Any = None,
+            return_state: bool = False) -> Tensor | tuple[Tensor, Any]:
+        kw = mixer_kwargs(resets, state, return_state)
+        out = self.mixer(x, **kw)
+        y, state = out if return_state else (out, None)
+        if self.bidirectional:
+            y_bwd = self.mixer_bwd(x, **mixer_kwargs(resets, None, False))
+            y = y + y_bwd if self.merge == "sum" else self.merge_proj(torch.cat([y, y_bwd], dim=-1))
+        return (y, state) if return_state else y
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: [B, L, H] -> [B, L, H]."""
-        x = x + self.dropout(self.mix(self.norm1(x)))
-        return x + self.dropout(self.mlp(self.norm2(x)))
+    def forward(self, x: Tensor, resets: Tensor | None = None, state: Any = None,
+                return_state: bool = False) -> Tensor | tuple[Tensor, Any]:
+        """x: [B, L, H] -> [B, L, H]; ``resets``, ``state``, ``return_state`` go to the mixer
+        (nn/state.py); a bidirectional block carries no state (its backward half reads the future)."""
+        if self.bidirectional and (state is not None or return_state):
+            raise ValueError("a bidirectional Block carries no state across windows: its backward mixer reads the future")
+        out = self.mix(self.norm1(x), resets, state, return_state)
+        y, state = out if return_state else (out, None)
+        x = x + self.dropout(y)
+        x = x + self.dropout(self.mlp(self.norm2(x)))
+        return (x, state) if return_state else x
 
     def step(self, x_t: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         """One step: x_t [B, H], the mixer's state (None = zeros) -> (y_t [B, H], state)."""

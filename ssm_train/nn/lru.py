@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ssm_train.nn.init import init_eigenvalues
 from ssm_train.nn.registry import LayerConfig, LayerContext, register_layer
 from ssm_train.ops.backend import at_least_float32
+from ssm_train.nn.state import last_state
 from ssm_train.ops.scan import linear_scan
 
 # Defaults of the init when LRU is built without init_params (merged under the user's params).
@@ -128,10 +129,16 @@ class LRU(nn.Module):
 
     # -- sequence and step ---------------------------------------------------------------------------
 
-    def forward(self, u: Tensor) -> Tensor:
-        """u: [B, L, H] -> y: [B, L, H]."""
-        x = linear_scan(self.lam(), self._input(u), reverse=self.reverse)
-        return self._output(x, u)
+    def forward(self, u: Tensor, resets: Tensor | None = None, state: Tensor | None = None,
+                return_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """u: [B, L, H] -> y: [B, L, H]; with ``return_state`` also the last state x [B, N].
+
+        ``state`` is x before the first step (None = zeros), as in `step`; ``resets`` [B, L] bool
+        zeroes the state before each step t where it is True (a document starts at t).
+        """
+        x = linear_scan(self.lam(), self._input(u), state, reverse=self.reverse, resets=resets)
+        y = self._output(x, u)
+        return (y, last_state(x, state, self.reverse)) if return_state else y
 
     def step(self, u_t: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One step: u_t [B, H], state x_{t-1} [B, N] (None = zeros) -> (y_t [B, H], x_t)."""

@@ -42,8 +42,10 @@ from torch import Tensor, nn
 
 from ssm_train.nn.init import radius_problems
 from ssm_train.nn.registry import LayerConfig, LayerContext, register_layer
+from ssm_train.nn.state import last_state
 from ssm_train.ops.backend import at_least_float32
-from ssm_train.ops.scan import linear_scan
+from ssm_train.ops.conv import causal_depthwise_conv
+from ssm_train.ops.scan import flip_resets, linear_scan
 
 RGLRUState = tuple[Tensor, Tensor]  # (conv window [B, E, conv_width - 1], h [B, E])
 
@@ -142,19 +144,25 @@ class RGLRU(nn.Module):
 
     # -- sequence and step ---------------------------------------------------------------------------
 
-    def forward(self, u: Tensor) -> Tensor:
-        """u: [B, L, H] -> [B, L, H]."""
+    def forward(self, u: Tensor, resets: Tensor | None = None, state: RGLRUState | None = None,
+                return_state: bool = False) -> Tensor | tuple[Tensor, RGLRUState]:
+        """u: [B, L, H] -> [B, L, H]; with ``return_state`` also `step`'s state after the last
+        step; ``resets`` [B, L] bool: a document starts at t (conv and recurrence restart)."""
         if self.reverse:
-            return self._forward(u.flip(1)).flip(1)
-        return self._forward(u)
+            if state is not None or return_state:
+                raise ValueError("RGLRU(reverse=True) carries no state: it reads the sequence backwards")
+            return self._forward(u.flip(1), None if resets is None else flip_resets(resets)).flip(1)
+        return self._forward(u, resets, state, return_state)
 
-    def _forward(self, u: Tensor) -> Tensor:
-        L = u.shape[1]
+    def _forward(self, u: Tensor, resets: Tensor | None = None, state: RGLRUState | None = None,
+                 return_state: bool = False) -> Tensor | tuple[Tensor, RGLRUState]:
+        tail, h0 = (None, None) if state is None else state
         x, g = self.in_proj(u).chunk(2, dim=-1)
-        x = self.conv1d(x.transpose(1, 2))[..., :L].transpose(1, 2)  # causal: keep the first L
+        x, tail = causal_depthwise_conv(x, self.conv1d.weight, self.conv1d.bias, tail=tail, resets=resets)
         a, b = self._rglru_inputs(x)
-        h = linear_scan(a, b)
-        return self.out_proj(h * F.gelu(g))
+        h = linear_scan(a, b, h0, resets=resets)
+        y = self.out_proj(h * F.gelu(g))
+        return (y, (tail, last_state(h, h0))) if return_state else y
 
     def step(self, u_t: Tensor, state: RGLRUState | None = None) -> tuple[Tensor, RGLRUState]:
         """One step: u_t [B, H]; state = (last conv_width - 1 conv inputs, h) or None for zeros."""

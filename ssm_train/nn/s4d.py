@@ -42,8 +42,9 @@ from ssm_train.nn.init import (
     undiscretize,
 )
 from ssm_train.nn.registry import LayerConfig, LayerContext, register_layer
+from ssm_train.nn.state import last_state, zero_rows
 from ssm_train.ops.backend import at_least_float32, autocast_off
-from ssm_train.ops.conv import fft_conv, vandermonde_kernel
+from ssm_train.ops.conv import fft_conv, vandermonde_kernel, vandermonde_state
 from ssm_train.ops.scan import linear_scan
 
 MODES = ("conv", "scan")
@@ -140,16 +141,50 @@ class S4D(nn.Module):
 
     # -- sequence and step ---------------------------------------------------------------------------
 
-    def forward(self, u: Tensor) -> Tensor:
-        """u: [B, L, H] -> y: [B, L, H]."""
+    def forward(self, u: Tensor, resets: Tensor | None = None, state: Tensor | None = None,
+                return_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """u: [B, L, H] -> y: [B, L, H]; with ``return_state`` also the last state x [B, H, N].
+
+        ``state`` is x before the first step (None = zeros); ``resets`` [B, L] bool zeroes the
+        state before each step t where it is True. The convolution cannot cut a kernel at a
+        document boundary inside a window, so a batch with one runs the recurrence instead
+        (equal outputs; the cost is in docs/RESULTS.md); a carried state adds its free response
+        2 Re Σ_n C λ^(t+1) x₀ to the convolution, and the last state is a Vandermonde sum.
+        """
+        if resets is not None and state is not None:
+            state = zero_rows(state, resets[:, 0])
+        inner = resets is not None and bool(resets[:, 1:].any())
+        if self.mode == "conv" and not inner and not (self.reverse and (state is not None or return_state)):
+            return self._conv(u, state, return_state)
+        return self._scan(u, resets, state, return_state)
+
+    def _conv(self, u: Tensor, state: Tensor | None, return_state: bool) -> Tensor | tuple[Tensor, Tensor]:
         Bsz, L, H = u.shape
-        if self.mode == "conv":
-            with autocast_off(u.device.type):
-                return fft_conv(u, self.kernel(L), reverse=self.reverse) + self.D * u
+        with autocast_off(u.device.type):
+            y = fft_conv(u, self.kernel(L), reverse=self.reverse) + self.D * u
+            if state is None and not return_state:
+                return y
+            lam, B_bar = self.discrete()
+            if state is not None:  # free response of x₀: y_t += 2 Re Σ_n C λ^(t+1) x₀
+                W = (self.C() * lam * state.to(lam.dtype)).reshape(Bsz * H, -1)
+                y = y + vandermonde_kernel(lam.repeat(Bsz, 1), W, L).view(Bsz, H, L).transpose(1, 2)
+            if not return_state:
+                return y
+            x_last = B_bar * vandermonde_state(lam, at_least_float32(u))
+            if state is not None:
+                x_last = x_last + lam ** L * state.to(lam.dtype)
+            return y, x_last
+
+    def _scan(self, u: Tensor, resets: Tensor | None, state: Tensor | None,
+              return_state: bool) -> Tensor | tuple[Tensor, Tensor]:
+        Bsz, L, H = u.shape
+        N = self.d_state
         lam, B_bar = self.discrete()
         b = B_bar * at_least_float32(u)[..., None]  # [B, L, H, N]
-        x = linear_scan(lam.reshape(-1), b.reshape(Bsz, L, H * self.d_state), reverse=self.reverse)
-        return self._output(x.view(Bsz, L, H, self.d_state), u)
+        h0 = None if state is None else state.reshape(Bsz, H * N)
+        x = linear_scan(lam.reshape(-1), b.reshape(Bsz, L, H * N), h0, reverse=self.reverse, resets=resets)
+        y = self._output(x.view(Bsz, L, H, N), u)
+        return (y, last_state(x, h0, self.reverse).view(Bsz, H, N)) if return_state else y
 
     def step(self, u_t: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One step: u_t [B, H], state x_{t-1} [B, H, N] (None = zeros) -> (y_t [B, H], x_t)."""

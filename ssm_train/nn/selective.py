@@ -32,6 +32,8 @@ from torch import Tensor, nn
 from ssm_train.nn.init import sample_dt
 from ssm_train.nn.registry import LayerConfig, LayerContext, register_layer
 from ssm_train.ops.backend import at_least_float32
+from ssm_train.ops.conv import causal_depthwise_conv
+from ssm_train.ops.scan import flip_resets
 from ssm_train.ops.selective_scan import selective_scan
 
 SELECTIVE_INITS = ("mamba", "s4d_real")  # A must be real and negative: A = -exp(A_log)
@@ -118,20 +120,32 @@ class SelectiveSSM(nn.Module):
 
     # -- sequence ---------------------------------------------------------------------------------
 
-    def forward(self, u: Tensor) -> Tensor:
-        """u: [B, L, H] -> [B, L, H]."""
-        if self.reverse:
-            return self._forward(u.flip(1)).flip(1)
-        return self._forward(u)
+    def forward(self, u: Tensor, resets: Tensor | None = None, state: SelectiveState | None = None,
+                return_state: bool = False) -> Tensor | tuple[Tensor, SelectiveState]:
+        """u: [B, L, H] -> [B, L, H]; with ``return_state`` also the state after the last step,
+        as `step`'s: (the last d_conv-1 conv inputs, h [B, d_inner, N]).
 
-    def _forward(self, u: Tensor) -> Tensor:
-        L = u.shape[1]
+        ``resets`` [B, L] bool: a document starts at t, so neither the convolution nor the
+        recurrence at t reads anything before t (the carried state included).
+        """
+        if self.reverse:
+            if state is not None or return_state:
+                raise ValueError("SelectiveSSM(reverse=True) carries no state: it reads the sequence backwards")
+            return self._forward(u.flip(1), None if resets is None else flip_resets(resets)).flip(1)
+        return self._forward(u, resets, state, return_state)
+
+    def _forward(self, u: Tensor, resets: Tensor | None = None, state: SelectiveState | None = None,
+                 return_state: bool = False) -> Tensor | tuple[Tensor, SelectiveState]:
+        tail, h0 = (None, None) if state is None else state
         x, z = self.in_proj(u).chunk(2, dim=-1)
-        x = F.silu(self.conv1d(x.transpose(1, 2))[..., :L].transpose(1, 2))  # causal: keep the first L
+        x, tail = causal_depthwise_conv(x, self.conv1d.weight, self.conv1d.bias, tail=tail, resets=resets)
+        x = F.silu(x)
         dt, B, C = self._selection(x)
         x = at_least_float32(x)
-        y = selective_scan(x, dt, self.A(), B, C) + self.D * x
-        return self.out_proj(y * F.silu(z))
+        out = selective_scan(x, dt, self.A(), B, C, h0=h0, resets=resets, return_state=return_state)
+        y, h = out if return_state else (out, None)
+        y = self.out_proj((y + self.D * x) * F.silu(z))
+        return (y, (tail, h)) if return_state else y
 
     # -- step ---------------------------------------------------------------------------------------
 

@@ -68,3 +68,76 @@ def fft_conv(u: Tensor, K: Tensor, *, reverse: bool = False) -> Tensor:
         u_hat = torch.fft.rfft(u.transpose(1, 2), n=n)  # [B, H, n/2+1]
         y = torch.fft.irfft(u_hat * K_hat, n=n)[..., :L]
     return y.transpose(1, 2)
+
+
+def vandermonde_state(lam: Tensor, u: Tensor) -> Tensor:
+    """S [B, H, N] with S_bhn = Σ_j λ_hn^(L-1-j) u_bjh: the final state of x_k = λ x_{k-1} + u_k
+    (before B̄) from a zero state, for λ complex [H, N] and u real [B, L, H].
+
+    The same √L factoring as `vandermonde_kernel` (l = L-1-j = pT + q): one batched matmul over
+    q ([B, H, P, T] @ [H, T, N]) and a sum over p, so the [H, N, L] power matrix is never formed
+    and the cost is that of one pass over u per mode, as in the recurrence, but in matmuls.
+    """
+    Bsz, L, H = u.shape
+    N = lam.shape[1]
+    if L == 0:
+        return torch.zeros(Bsz, H, N, dtype=lam.dtype, device=u.device)
+    T = math.isqrt(L - 1) + 1
+    P = -(-L // T)
+    lam64 = lam.to(torch.complex128)
+    near = _powers(lam64, T).to(lam.dtype)  # [H, N, T]: λ^q
+    far = _powers(_powers(lam64, T)[..., -1] * lam64, P).to(lam.dtype)  # [H, N, P]: λ^(pT)
+    v = u.flip(1).transpose(1, 2).to(lam.real.dtype)  # [B, H, L]: v_l = u_{L-1-l}
+    v = torch.nn.functional.pad(v, (0, P * T - L)).view(Bsz, H, P, T)
+    inner = torch.complex(  # [B, H, P, N] = Σ_q v_pq λ^q
+        torch.einsum("bhpq,hnq->bhpn", v, near.real), torch.einsum("bhpq,hnq->bhpn", v, near.imag))
+    return torch.einsum("bhpn,hnp->bhn", inner, far)
+
+
+def same_segment(resets: Tensor, shift: int) -> Tensor:
+    """[B, L] bool: positions t and t - shift lie in one document (no reset in (t - shift, t]);
+    False where t - shift < 0 (the caller decides about carried inputs)."""
+    seg = resets.to(torch.int64).cumsum(1)
+    out = torch.zeros_like(resets, dtype=torch.bool)
+    if shift < resets.shape[1]:
+        out[:, shift:] = seg[:, shift:] == seg[:, : resets.shape[1] - shift]
+    return out
+
+
+def causal_depthwise_conv(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    *,
+    tail: Tensor | None = None,
+    resets: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """y_t = bias + Σ_{k<K} w_{K-1-k} x_{t-k} per channel, over one document only; x [B, L, E],
+    weight [E, 1, K] (an nn.Conv1d with groups=E), tail [B, E, K-1] the K-1 inputs before x
+    (None = zeros: the start of a sequence). Returns (y [B, L, E], new tail [B, E, K-1]).
+
+    ``resets[:, t]`` True (a document starts at t) drops every x_{t'} with t' < t from y_t, the
+    tail included. The new tail keeps only the inputs of the last document, so that a window
+    that continues it never reads an earlier one.
+    """
+    Bsz, L, E = x.shape
+    K = weight.shape[-1]
+    prev = x.new_zeros(Bsz, E, K - 1) if tail is None else tail.to(x.dtype)
+    seq = torch.cat([prev, x.transpose(1, 2)], dim=-1)  # [B, E, K-1+L]
+    if resets is None:
+        y = torch.nn.functional.conv1d(seq, weight, bias, groups=E).transpose(1, 2)
+    else:
+        # seg over the extended sequence: the tail belongs to the document before position 0
+        ext = torch.cat([resets.new_zeros(Bsz, K - 1), resets], dim=1)
+        y = x.new_zeros(Bsz, L, E) if bias is None else bias.to(x.dtype).expand(Bsz, L, E).clone()
+        for k in range(K):  # tap k reads x_{t-k}
+            keep = same_segment(ext, k)[:, K - 1:, None]
+            y = y + keep * weight[:, 0, K - 1 - k] * seq[..., K - 1 - k: K - 1 - k + L].transpose(1, 2)
+    new_tail = seq[..., seq.shape[-1] - (K - 1):]
+    if resets is not None and K > 1:
+        ext = torch.cat([resets.new_zeros(Bsz, K - 1), resets], dim=1)
+        # tail position i (of K-1) holds extended index L+i; keep it if it is in the last document
+        seg = ext.to(torch.int64).cumsum(1)
+        keep = seg[:, -(K - 1):] == seg[:, -1:]
+        new_tail = new_tail * keep[:, None, :]
+    return y, new_tail

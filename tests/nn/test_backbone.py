@@ -176,18 +176,18 @@ def test_eigenvalues_per_recurrent_layer(kind):
 def test_autocast_runs_recurrences_in_float32(kind, monkeypatch):
     seen = []
 
-    def spy(a, b, h0=None, *, reverse=False):
+    def spy(a, b, h0=None, **kw):
         seen.append({a.dtype, b.dtype})
-        return linear_scan(a, b, h0, reverse=reverse)
+        return linear_scan(a, b, h0, **kw)
 
     def conv_spy(u, K, *, reverse=False):  # S4D's conv mode: the FFT and its kernel
         y = fft_conv(u, K, reverse=reverse)
         seen.append({u.dtype, K.dtype, y.dtype})
         return y
 
-    def selective_spy(x, dt, A, B, C):  # SelectiveSSM's fused scan
+    def selective_spy(x, dt, A, B, C, **kw):  # SelectiveSSM's fused scan
         seen.append({x.dtype, dt.dtype, A.dtype, B.dtype, C.dtype})
-        return selective_scan(x, dt, A, B, C)
+        return selective_scan(x, dt, A, B, C, **kw)
 
     for spec in LAYERS.values():  # every registered layer's module: the kernels it calls
         module = sys.modules[spec.module]

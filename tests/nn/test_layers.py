@@ -115,15 +115,15 @@ def scan_dtypes(monkeypatch):
     every registered layer's module."""
     seen, seen_a = [], []
 
-    def spy(a, b, h0=None, *, reverse=False):
+    def spy(a, b, h0=None, **kw):
         seen.append((a.dtype, b.dtype))
         seen_a.append(a.detach())
-        return linear_scan(a, b, h0, reverse=reverse)
+        return linear_scan(a, b, h0, **kw)
 
-    def selective_spy(x, dt, A, B, C):  # the fused scan forms a = exp(Δ A) inside: record Δ A's a
+    def selective_spy(x, dt, A, B, C, **kw):  # the fused scan forms a = exp(Δ A) inside: record Δ A's a
         seen.append((x.dtype, dt.dtype, A.dtype, B.dtype, C.dtype))
         seen_a.append(torch.exp(dt[..., None] * A).flatten(2).detach())
-        return selective_scan(x, dt, A, B, C)
+        return selective_scan(x, dt, A, B, C, **kw)
 
     for spec in REGISTRY.values():
         module = sys.modules[spec.module]

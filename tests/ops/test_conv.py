@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssm_train.nn import S4D
-from ssm_train.ops.conv import fft_conv, vandermonde_kernel
+from ssm_train.ops.conv import causal_depthwise_conv, fft_conv, vandermonde_kernel, vandermonde_state
 from ssm_train.ops.scan import reference_scan
 from tests.nn.scan_checks import run_steps
 
@@ -199,3 +199,49 @@ def test_empty_and_single_step_sequences():
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="mode must be one of"):
         S4D(4, 2, mode="fft")
+
+
+# ---------------------------------------------------------------------------------------------
+# Carried state and document resets
+
+
+def test_vandermonde_state_is_the_final_state_of_the_recurrence():
+    g = torch.Generator().manual_seed(0)
+    lam = torch.polar(torch.full((3, 5), 0.9999, dtype=torch.float64),
+                      torch.rand(3, 5, generator=g, dtype=torch.float64) * 6).to(torch.complex128)
+    for L in (1, 2, 7, 64, 333):
+        u = torch.randn(2, L, 3, generator=g, dtype=torch.float64)
+        x = torch.zeros(2, 3, 5, dtype=torch.complex128)
+        for t in range(L):
+            x = lam * x + u[:, t, :, None]
+        torch.testing.assert_close(vandermonde_state(lam, u), x, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("with_tail", [False, True])
+def test_causal_depthwise_conv_never_reads_across_documents(with_tail):
+    g = torch.Generator().manual_seed(1)
+    E, K, L = 3, 4, 12
+    w = torch.randn(E, 1, K, generator=g, dtype=torch.float64)
+    bias = torch.randn(E, generator=g, dtype=torch.float64)
+    x = torch.randn(1, L, E, generator=g, dtype=torch.float64)
+    tail = torch.randn(1, E, K - 1, generator=g, dtype=torch.float64) if with_tail else None
+    resets = torch.zeros(1, L, dtype=torch.bool)
+    resets[0, [2, 8, 9]] = True
+    y, new_tail = causal_depthwise_conv(x, w, bias, tail=tail, resets=resets)
+    starts = [0, 2, 8, 9, L]
+    for s, e in zip(starts[:-1], starts[1:]):  # each document alone, from zeros (the first: from the tail)
+        y_doc, t_doc = causal_depthwise_conv(x[:, s:e], w, bias, tail=tail if s == 0 else None)
+        torch.testing.assert_close(y[:, s:e], y_doc, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(new_tail, t_doc, rtol=0, atol=0)  # the last document's inputs, zero-padded
+    y_free, _ = causal_depthwise_conv(x, w, bias, tail=tail)
+    assert not torch.allclose(y_free, y), "guard: without resets the documents must mix"
+
+
+def test_causal_depthwise_conv_carries_its_tail():
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(3, 1, 4, generator=g, dtype=torch.float64)
+    x = torch.randn(2, 10, 3, generator=g, dtype=torch.float64)
+    whole, _ = causal_depthwise_conv(x, w, None)
+    first, tail = causal_depthwise_conv(x[:, :6], w, None)
+    second, _ = causal_depthwise_conv(x[:, 6:], w, None, tail=tail)
+    torch.testing.assert_close(torch.cat([first, second], 1), whole, rtol=1e-12, atol=1e-12)
