@@ -134,7 +134,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--ckpt: '{args.ckpt}' does not exist")
     if not args.prompt:
         raise ConfigError("--prompt: empty; generation starts from at least one character (or token id)")
-    model, _, spec = load_backbone(args.ckpt)
+    model, config, spec = load_backbone(args.ckpt)
     if spec["task"] != "lm":
         raise ConfigError(f"--ckpt: '{args.ckpt}' is a '{spec['task']}' model; generate needs a language model")
     tokenizer = None
@@ -153,7 +153,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--prompt: {args.prompt!r} gives no usable tokens; this model reads token ids "
                           f"0..{vocab - 1}" + (" (through its tokenizer)" if tokenizer else ""))
     generator = torch.Generator().manual_seed(args.seed)
-    out = sample(model, prompt, args.max_new_tokens, args.temperature, args.top_k, generator)
+    # a model trained with document resets starts each document from a zero state: so does sampling
+    eos_id = tokenizer.eos_id if tokenizer and config.get("data", {}).get("reset_at_documents", False) else None
+    out = sample(model, prompt, args.max_new_tokens, args.temperature, args.top_k, generator, eos_id=eos_id)
     print(args.prompt + tokenizer.decode(out.numpy(), skip_special=True) if tokenizer else " ".join(map(str, out.tolist())))
     return 0
 

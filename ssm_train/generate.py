@@ -28,21 +28,28 @@ def load_backbone(ckpt_path: str | Path) -> tuple[Backbone, dict, dict]:
 
 @torch.no_grad()
 def sample(model: Backbone, prompt: Tensor, max_new_tokens: int, temperature: float = 1.0,
-           top_k: int = 0, generator: torch.Generator | None = None) -> Tensor:
+           top_k: int = 0, generator: torch.Generator | None = None, eos_id: int | None = None) -> Tensor:
     """Feed ``prompt`` ([T] ids, T >= 1) through ``step``, then draw ``max_new_tokens`` tokens.
 
     ``temperature=0`` is greedy decoding; ``top_k > 0`` keeps only the k most likely tokens.
+    With ``eos_id`` (a model trained with document resets) the state is zeroed before each
+    ``<eos>`` is fed, as training zeroed it at each document start.
     """
     if prompt.dim() != 1 or prompt.numel() == 0:
         raise ValueError("prompt must be a non-empty 1-D tensor of token ids")
     state = None
+
+    def feed(token: int):
+        reset = None if eos_id is None else torch.tensor([token == eos_id])
+        return model.step(torch.tensor([token]), state, reset=reset)
+
     for token in prompt.tolist():
-        logits, state = model.step(torch.tensor([token]), state)
+        logits, state = feed(token)
     out = []
     for _ in range(max_new_tokens):
         next_id = _draw(logits[0].float(), temperature, top_k, generator)
         out.append(next_id)
-        logits, state = model.step(torch.tensor([next_id]), state)
+        logits, state = feed(next_id)
     return torch.tensor(out, dtype=torch.long)
 
 

@@ -12,6 +12,7 @@ import torch
 
 from ssm_train.nn import LAYERS, Backbone, mixer_factory
 from ssm_train.nn.registry import get_layer
+from ssm_train.generate import sample
 from ssm_train.nn.state import detach_state, zero_rows
 
 V, H, N, B = 13, 8, 4, 2
@@ -222,3 +223,18 @@ def test_chunk_checkpointing_refuses_models_without_a_carried_state():
     for kw in ({"variant": "transformer"}, {"variant": "lru", "bidirectional": True}):
         with pytest.raises(ValueError, match="needs a causal recurrent model"):
             model(**kw, checkpointing="chunk")
+
+
+@pytest.mark.parametrize("variant", RECURRENT_VARIANTS)
+def test_sampling_restarts_at_eos_as_training_does(variant):
+    """With eos_id the state is zeroed before each <eos> is fed: what follows an <eos> in the
+    prompt is sampled as if the prompt had started there."""
+    m = model(variant).eval()
+    eos = 3
+    long = torch.tensor([5, 1, 4, eos, 2, 6])
+    short = torch.tensor([eos, 2, 6])
+    want = sample(m, short, 8, temperature=0.0, eos_id=eos)
+    assert torch.equal(sample(m, long, 8, temperature=0.0, eos_id=eos), want)
+    free = [sample(model(variant, seed=s).eval(), long, 8, temperature=0.0) for s in range(3)]
+    wants = [sample(model(variant, seed=s).eval(), short, 8, temperature=0.0, eos_id=eos) for s in range(3)]
+    assert any(not torch.equal(f, w) for f, w in zip(free, wants)), "guard: without eos_id the prefix must matter"
