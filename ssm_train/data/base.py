@@ -6,7 +6,11 @@ model can be sized before training starts. Batches are dicts:
 - ``inputs``:  ``[B, L]`` int64 token ids, or ``[B, L, d_input]`` float32 features;
 - ``targets``: ``[B, L]`` int64 (language modelling), ``[B]`` int64 (classification) or
   ``[B, L, d_output]`` float32 (per-step regression);
-- ``mask`` (optional): ``[B, L]`` bool, True where ``inputs`` is real data (padding is False).
+- ``mask`` (optional): ``[B, L]`` bool, True where ``inputs`` is real data (padding is False);
+- ``resets`` (packed LM windows: text, FASTA): ``[B, L]`` bool, True before a step where the model
+  must zero its recurrent state (column 0 of a window that continues no other; document starts);
+- ``offset`` (``data.window_sampling=contiguous`` only): ``[B]`` int64, the window's first input's
+  position in its row's stream (row ``b`` of batch ``k + 1`` continues row ``b`` of batch ``k``).
 """
 
 from __future__ import annotations

@@ -40,7 +40,14 @@ class DataConfig:
     reverse_complement: bool = False  # FASTA: augment training windows (each with probability 1/2)
     cache_dir: str = ""  # encoded corpora; "" = $SSM_TRAIN_CACHE or ~/.cache/ssm_train/data
     text_document: str = "paragraph"  # what one document of a .txt file is: paragraph | line | file
-    window_sampling: str = "random"  # FASTA training windows: random (uniform starts) | tiled
+    # training windows: random (FASTA: uniform starts) | tiled (FASTA: stride seq_len) | contiguous
+    # (text, FASTA: each batch row reads one section of the corpus, window after window, so a model can
+    # carry its state from batch to batch; validation too). text reads random and tiled alike.
+    window_sampling: str = "random"
+    # text / FASTA batches carry resets [B, seq_len] (the model zeroes its state before a True step):
+    # True at column 0 of a window that continues no other, and, when this is on, at document starts
+    # (each <eos> input; the first token of a FASTA record a window crosses into). False: column 0 only
+    reset_at_documents: bool = True
     val_records: list[str] = field(default_factory=list)  # FASTA: hold these records out whole
     header_label: str = ""  # labelled FASTA: regex whose group 1 is the label ("" = last header word)
     class_names: list[str] = field(default_factory=list)  # labelled: fixed label map ([] = sorted train labels)
@@ -48,9 +55,10 @@ class DataConfig:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "n_policy": ("keep", "skip"),
-    "window_sampling": ("random", "tiled"),
+    "window_sampling": ("random", "tiled", "contiguous"),
     "text_document": ("paragraph", "line", "file"),
 }
+CONTIGUOUS_KINDS = ("text", "fasta")
 TOKENIZERS = "byte | char | char:<saved .json> | nucleotide | hf:<path to tokenizer.json>"
 
 
@@ -70,4 +78,14 @@ def data_problems(cfg: DataConfig) -> list[tuple[str, str]]:
         problems.append(("kmer", f"must be in 1..8 (the nucleotide tokenizer's k-mer size), got {cfg.kmer}"))
     if cfg.shuffle_buffer < 0:
         problems.append(("shuffle_buffer", f"must be >= 0 (0 = file order), got {cfg.shuffle_buffer}"))
+    if cfg.window_sampling == "contiguous":
+        if cfg.kind not in CONTIGUOUS_KINDS:
+            problems.append(("window_sampling", f"contiguous is for data.kind {' | '.join(CONTIGUOUS_KINDS)} "
+                                                f"(one long stream per batch row), got data.kind={cfg.kind!r}"))
+        elif cfg.kind == "fasta" and cfg.n_policy != "keep":
+            problems.append(("n_policy", "must be keep with window_sampling=contiguous (a stream cannot skip "
+                                         f"windows), got {cfg.n_policy!r}"))
+        elif cfg.kind == "fasta" and cfg.reverse_complement:
+            problems.append(("reverse_complement", "must be false with window_sampling=contiguous (flipping "
+                                                   "single windows breaks the stream)"))
     return problems

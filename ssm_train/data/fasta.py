@@ -9,8 +9,8 @@ character is an error naming its line and column. Training then cuts windows out
 that array, so no chromosome ever becomes a Python string.
 
 Windows. With the nucleotide tokenizer's k-mer size ``k``, a window spans ``(seq_len + 1)·k``
-bases and yields ``seq_len + 1`` tokens; windows never cross a record boundary, and records
-shorter than one window are skipped (their count is logged).
+bases and yields ``seq_len + 1`` tokens; ``tiled`` and ``random`` windows never cross a record
+boundary, and records shorter than one window are skipped (their count is logged).
 
 - ``tiled``: windows at stride ``seq_len·k`` from the start of each record (consecutive windows
   share one token, as in text packing), so each record contributes in proportion to its length;
@@ -18,6 +18,13 @@ shorter than one window are skipped (their count is logged).
   starts of all records (hence records in proportion to their length), by a hash of
   (seed, epoch, item) so that a resumed run draws the same windows; an epoch has as many windows
   as the tiling.
+
+- ``contiguous`` (``FastaStreams``): the regions' tokens are concatenated into one stream, each
+  batch row reads one section of it window after window (truncated BPTT), and windows do cross
+  from one record into the next: ``resets`` is True at the first token of the new record.
+
+Every sample has ``resets`` (bool ``[seq_len]``): column 0 for ``tiled`` / ``random`` windows (they
+never cross a record), record starts and section starts for ``contiguous``.
 
 ``n_policy``: ``keep`` reads every IUPAC ambiguity code as N and keeps all windows; ``skip`` drops
 windows whose fraction of N exceeds ``max_n_fraction`` (tiled: from the table of windows, so every
@@ -45,7 +52,7 @@ import torch
 
 from ssm_train.data.cache import ArrayWriter, LazyMemmap, cache_root, cached_dir, fingerprint, read_json, write_json
 from ssm_train.data.files import open_bytes, reading
-from ssm_train.data.stream import ShardedStream, combine, mix64, uniform
+from ssm_train.data.stream import ContiguousStream, ShardedStream, combine, mix64, uniform
 from ssm_train.data.text import shifted_pairs
 from ssm_train.data.tokenizers import BAD, BASE_CODES, NucleotideTokenizer, reverse_complement
 from ssm_train.errors import DataError
@@ -298,7 +305,7 @@ def whole_records(files: Sequence[FastaFile]) -> Regions:
 # ---------------------------------------------------------------------------------------------
 
 N_POLICIES = ("keep", "skip")
-SAMPLINGS = ("random", "tiled")
+SAMPLINGS = ("random", "tiled")  # FastaWindows; "contiguous" is FastaStreams
 
 
 def gather(arrays: Sequence[LazyMemmap], file: np.ndarray, start: np.ndarray, span: int) -> np.ndarray:
@@ -426,4 +433,72 @@ class FastaWindows(ShardedStream):
         if self.reverse_complement:
             flip = uniform(items.astype(np.uint64), combine(self.seed, epoch, 2)) < 0.5
             codes[flip] = reverse_complement(codes[flip])
-        return shifted_pairs(self.tokenizer.ids_from_codes(codes))
+        ids = self.tokenizer.ids_from_codes(codes)
+        resets = np.zeros((len(ids), self.seq_len), dtype=bool)
+        resets[:, 0] = True  # a window lies inside one record and continues no other window
+        return shifted_pairs(ids, resets)
+
+
+class FastaStreams(ContiguousStream):
+    """``data.window_sampling=contiguous``: the regions' tokens concatenated into one stream, of which
+    each batch row reads one section, window after window (``stream.ContiguousStream``).
+
+    Region ``i`` contributes its first ``⌊length_i / k⌋`` k-mers (a tail shorter than ``k`` is
+    dropped, so no k-mer straddles two records), and windows cross from one region to the next:
+    with ``reset_at_documents``, ``resets`` is True at the first token of every region (record)."""
+
+    def __init__(
+        self,
+        files: Sequence[FastaFile],
+        regions: Regions,
+        *,
+        seq_len: int,
+        tokenizer: NucleotideTokenizer,
+        batch_size: int,
+        reset_at_documents: bool = True,
+        n_policy: str = "keep",
+        reverse_complement: bool = False,
+        name: str = "fasta",
+        **stream: Any,
+    ):
+        if n_policy != "keep":
+            raise DataError(
+                f"data.n_policy={n_policy!r} skips windows, which a contiguous stream cannot "
+                "(data.window_sampling=contiguous): use n_policy=keep"
+            )
+        if reverse_complement:
+            raise DataError(
+                "data.reverse_complement flips single windows, which would break a contiguous stream "
+                "(data.window_sampling=contiguous): set it to false"
+            )
+        self.arrays = [f.codes for f in files]
+        self.tokenizer, self.k, self.reset_at_documents = tokenizer, tokenizer.k, reset_at_documents
+        if regions.settle is not None:  # the same settlement as the windows' (so train and val agree)
+            regions = regions.settle((seq_len + 1) * self.k)
+        tokens = regions.length // self.k
+        keep = tokens > 0
+        if not keep.any():
+            raise DataError(f"{name}: no sequence of at least one {self.k}-mer in "
+                            f"{', '.join(str(f.path) for f in files)}")
+        self.regions = Regions(regions.file[keep], regions.start[keep], regions.length[keep],
+                               [n for n, ok in zip(regions.name, keep) if ok])
+        # region i holds stream tokens [cum[i], cum[i + 1])
+        self.cum = np.concatenate([[0], np.cumsum(tokens[keep])]).astype(np.int64)
+        super().__init__(int(self.cum[-1]), seq_len, batch_size, name=name, **stream)
+
+    def make_windows(self, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        g = starts[:, None] + np.arange(self.seq_len + 1)  # stream positions of the tokens
+        region = np.searchsorted(self.cum, g, side="right") - 1
+        first = self.cum[region]
+        file = self.regions.file[region]
+        bases = (self.regions.start[region] + (g - first) * self.k)[..., None] + np.arange(self.k)
+        codes = np.empty(bases.shape, dtype=np.uint8)
+        for f in np.unique(file).tolist():
+            rows = file == f
+            codes[rows] = self.arrays[f].array[bases[rows]]
+        ids = self.tokenizer.ids_from_codes(codes.reshape(len(starts), -1))
+        if self.reset_at_documents:
+            documents = (first == g)[:, :-1]
+        else:
+            documents = np.zeros((len(starts), self.seq_len), dtype=bool)
+        return ids, documents

@@ -6,8 +6,8 @@ Each module registers its ``data.kind`` (``registry.py``) right below its class;
 ====================  ======================  ======================================================
 ``kind``              module                  batches
 ====================  ======================  ======================================================
-``text``              ``TextDataModule``      ``inputs``/``targets`` ``[B, seq_len]`` int64 (LM)
-``fasta``             ``FastaDataModule``     ``inputs``/``targets`` ``[B, seq_len]`` int64 (LM)
+``text``              ``TextDataModule``      ``inputs``/``targets`` ``[B, seq_len]`` int64 (LM), ``resets``
+``fasta``             ``FastaDataModule``     ``inputs``/``targets`` ``[B, seq_len]`` int64 (LM), ``resets``
 ``labelled``          ``LabelledDataModule``  ``inputs``/``mask`` ``[B, L]``, ``targets`` ``[B]`` int64
 ====================  ======================  ======================================================
 
@@ -17,8 +17,17 @@ bad input fails here, before any training. The dataloaders are ``ResumableDataLo
 over ``IterableDataset``\\s: Lightning then injects no ``DistributedSampler``, saves each worker's
 ``(epoch, position)`` in the checkpoint's loop state and hands it back on resume. The rank and
 world size are read when a dataloader is made (``torch.distributed`` is initialised by then), unless
-given explicitly. Training streams are infinite (the trainer stops at ``max_steps``); validation
-streams are finite, unshuffled, and every rank yields the same number of batches.
+given explicitly (``rank=``, ``world_size=``, or ``set_data_parallel`` before the first
+dataloader): these are the *data-parallel* rank and size, which differ from the trainer's global
+ones under context parallelism, where all ranks of a context group must get the same batch.
+
+``resets`` (bool ``[B, seq_len]``, text and FASTA) marks where the model zeroes its recurrent state:
+column 0 of a window that continues no other, and with ``data.reset_at_documents`` each document
+start (an ``<eos>`` input; the first token of a FASTA record). ``data.window_sampling=contiguous``
+deals each batch row one section of the corpus, window after window (``ContiguousStream``), and adds
+``offset`` (int64 ``[B]``: the first input's position in its section). Training streams are
+infinite (the trainer stops at ``max_steps``); validation streams are finite, unshuffled, and every
+rank yields the same number of batches.
 """
 
 from __future__ import annotations
@@ -31,12 +40,12 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from ssm_train.data.base import DataSpec
 from ssm_train.data.config import DataConfig
 from ssm_train.data.files import expand_paths
-from ssm_train.data.fasta import FastaWindows, load_fasta, split_regions, whole_records
+from ssm_train.data.fasta import FastaStreams, FastaWindows, load_fasta, split_regions, whole_records
 from ssm_train.data.labelled import LabelledRows, PadCollate, encode_labelled
 from ssm_train.data.loader import ResumableDataLoader
 from ssm_train.data.registry import register_data
-from ssm_train.data.stream import ShardedStream
-from ssm_train.data.text import TextWindows, encode_text_corpus
+from ssm_train.data.stream import ContiguousStream, ShardedStream, resolve_rank
+from ssm_train.data.text import TextStreams, TextWindows, encode_text_corpus
 from ssm_train.data.tokenizers import NucleotideTokenizer
 from ssm_train.errors import DataError
 
@@ -62,9 +71,21 @@ class CorpusDataModule(L.LightningDataModule):
             raise DataError(f"data.batch_size={cfg.batch_size}; expected >= 1")
         if cfg.num_workers < 0:
             raise DataError(f"data.num_workers={cfg.num_workers}; expected >= 0")
-        self.train_stream: ShardedStream
-        self.val_stream: ShardedStream | None = None
+        self.train_stream: ShardedStream | ContiguousStream
+        self.val_stream: ShardedStream | ContiguousStream | None = None
         self.spec: DataSpec
+
+    @property
+    def contiguous(self) -> bool:
+        """Whether each batch row continues the previous batch's row (data.window_sampling=contiguous)."""
+        return self.cfg.window_sampling == "contiguous"
+
+    def set_data_parallel(self, rank: int, world_size: int) -> None:
+        """Shard the data over ``world_size`` data-parallel replicas, this one being ``rank``, instead of
+        the global rank and world size (e.g. under context parallelism: ``rank // cp_size`` of
+        ``world_size // cp_size``, so every rank of one context group gets the same batches). Takes
+        effect for the dataloaders made after it."""
+        self.rank, self.world_size = resolve_rank(rank, world_size)
 
     def stream_options(self, train: bool) -> dict[str, Any]:
         return {
@@ -76,7 +97,7 @@ class CorpusDataModule(L.LightningDataModule):
             "with_index": self.with_index,
         }
 
-    def loader(self, stream: ShardedStream) -> StatefulDataLoader:
+    def loader(self, stream: ShardedStream | ContiguousStream) -> StatefulDataLoader:
         return ResumableDataLoader(
             stream.shard(self.rank, self.world_size),
             batch_size=self.cfg.batch_size,
@@ -133,15 +154,22 @@ class TextDataModule(CorpusDataModule):
             val_fraction=cfg.val_fraction,
             cache_dir=cfg.cache_dir,
         )
-        self.train_stream = TextWindows(self.corpus.train, cfg.seq_len, name="text train", **self.stream_options(True))
+        tok = self.corpus.tokenizer
+        eos = tok.eos_id if cfg.reset_at_documents else None
+
+        def stream(tokens: Any, train: bool, name: str) -> ShardedStream | ContiguousStream:
+            if self.contiguous:
+                return TextStreams(tokens, cfg.seq_len, cfg.batch_size, eos_id=eos, name=name,
+                                   **self.stream_options(train))
+            return TextWindows(tokens, cfg.seq_len, eos_id=eos, name=name, **self.stream_options(train))
+
+        self.train_stream = stream(self.corpus.train, True, "text train")
         if len(self.corpus.val):
-            self.val_stream = TextWindows(
-                self.corpus.val, cfg.seq_len, name="text validation", **self.stream_options(False)
-            )
+            self.val_stream = stream(self.corpus.val, False, "text validation")
         elif val_files or cfg.val_fraction > 0:
             raise _no_val_data("document", cfg)
-        tok = self.corpus.tokenizer
-        self.spec = DataSpec(task="lm", vocab_size=tok.vocab_size, tokenizer=tok, extra=_extra(self, self.corpus.meta))
+        self.spec = DataSpec(task="lm", vocab_size=tok.vocab_size, tokenizer=tok,
+                             extra=_extra(self, {**self.corpus.meta, **_stream_extra(self)}))
 
 
 register_data("text", TextDataModule, summary="byte / char / HF tokens of .txt, .jsonl, .parquet documents (LM)")
@@ -164,26 +192,37 @@ class FastaDataModule(CorpusDataModule):
             val_files = files
         else:
             train, val = whole_records(files), None
-        common = dict(seq_len=cfg.seq_len, tokenizer=tok, n_policy=cfg.n_policy, max_n_fraction=cfg.max_n_fraction)
-        self.train_stream = FastaWindows(
-            files,
-            train,
-            sampling=cfg.window_sampling,
-            reverse_complement=cfg.reverse_complement,
-            name="fasta train",
-            **common,
-            **self.stream_options(True),
-        )
-        if val is not None:
-            self.val_stream = FastaWindows(
-                val_files, val, sampling="tiled", name="fasta validation", **common, **self.stream_options(False)
+        if self.contiguous:
+            common = dict(seq_len=cfg.seq_len, tokenizer=tok, batch_size=cfg.batch_size, n_policy=cfg.n_policy,
+                          reset_at_documents=cfg.reset_at_documents)
+            self.train_stream = FastaStreams(files, train, reverse_complement=cfg.reverse_complement,
+                                             name="fasta train", **common, **self.stream_options(True))
+            if val is not None:
+                self.val_stream = FastaStreams(val_files, val, name="fasta validation", **common,
+                                               **self.stream_options(False))
+        else:
+            common = dict(seq_len=cfg.seq_len, tokenizer=tok, n_policy=cfg.n_policy,
+                          max_n_fraction=cfg.max_n_fraction)
+            self.train_stream = FastaWindows(
+                files,
+                train,
+                sampling=cfg.window_sampling,
+                reverse_complement=cfg.reverse_complement,
+                name="fasta train",
+                **common,
+                **self.stream_options(True),
             )
+            if val is not None:
+                self.val_stream = FastaWindows(
+                    val_files, val, sampling="tiled", name="fasta validation", **common,
+                    **self.stream_options(False)
+                )
         records = [{"file": str(f.path), "name": r["name"], "length": r["length"]} for f in files for r in f.records]
         self.spec = DataSpec(
             task="lm",
             vocab_size=tok.vocab_size,
             tokenizer=tok,
-            extra=_extra(self, {"records": records[:1000], "n_records": len(records)}),
+            extra=_extra(self, {"records": records[:1000], "n_records": len(records), **_stream_extra(self)}),
         )
 
 
@@ -240,3 +279,9 @@ def _extra(module: CorpusDataModule, more: dict[str, Any]) -> dict[str, Any]:
         **more,
     }
 
+
+
+def _stream_extra(module: CorpusDataModule) -> dict[str, Any]:
+    """What the model side reads: batches carry ``resets``; with ``contiguous``, row b of batch k + 1
+    continues row b of batch k (and ``offset`` is in the batch)."""
+    return {"resets": True, "contiguous": module.contiguous}

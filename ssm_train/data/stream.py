@@ -21,6 +21,10 @@ rank and dataloader worker yields, in which order, and where a resumed run picks
 Training streams loop over epochs forever (the trainer stops at ``max_steps``); validation streams
 run once through a fixed, unshuffled order.
 
+``ContiguousStream`` (``data.window_sampling=contiguous``) is the other addressing: instead of
+shuffled items, each batch row reads one section of the token array window after window, the
+window of row ``b`` in global batch ``k`` being a function of ``(k, b)`` alone (truncated BPTT).
+
 File reading lives in ``files.py`` and the encoded-corpus cache in ``cache.py``: this module is
 only the arithmetic of who reads which item when, so that it can be read (and tested) on its own.
 """
@@ -249,3 +253,148 @@ class ShardedStream(IterableDataset):
                 return
             epoch += 1
             self._epoch, self._position = epoch, 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Contiguous streams: one long stream per batch row (truncated BPTT)
+# ---------------------------------------------------------------------------------------------
+
+
+class ContiguousStream(IterableDataset):
+    """Each batch row reads one section of a token array, window after window.
+
+    The array (``n_tokens`` tokens: all documents or records, concatenated) is cut into
+    ``S = world_size · batch_size`` sections of ``section_len = ⌊n_tokens / S⌋`` tokens (the
+    remainder is dropped); each holds ``n_windows = ⌊(section_len - 1) / L⌋`` windows of ``L + 1``
+    tokens at stride ``L``, so window ``j + 1``'s first input is the token after window ``j``'s last
+    input. Row ``b`` of rank ``r`` reads section ``s = r·batch_size + b``, and global batch ``k``
+    gives it window ``k mod n_windows`` (epoch ``k // n_windows``: a training stream starts its
+    sections over; a validation stream stops after ``n_windows`` batches).
+
+    Everything is a function of ``(k, b)``: dataloader worker ``w`` of ``W`` makes batches
+    ``k = w, w + W, w + 2W, ...``, each as ``batch_size`` consecutive samples (rows ``0..B-1``),
+    which is the order in which ``StatefulDataLoader`` collates and takes them (batch ``k`` from
+    worker ``k mod W``). A worker's state is the number of samples it has yielded, ``position``
+    (with the section count, checked on resume); the loader keeps one per worker.
+
+    Subclasses implement ``make_windows(starts)`` -> ``(tokens [n, L + 1] int64, documents
+    [n, L] bool)``: the windows whose first input is token ``starts[i]``, and where a document (or
+    record) starts at an input. Samples are ``inputs``, ``targets``, ``resets`` (documents, and
+    column 0 at a section start) and ``offset`` (the window's first input within its section).
+    """
+
+    def __init__(
+        self,
+        n_tokens: int,
+        seq_len: int,
+        batch_size: int,
+        *,
+        infinite: bool,
+        rank: int = 0,
+        world_size: int = 1,
+        with_index: bool = False,
+        name: str = "stream",
+        **_ignored: Any,  # seed, shuffle: a contiguous stream has one fixed order
+    ):
+        super().__init__()
+        if seq_len < 1:
+            raise DataError(f"data.seq_len={seq_len}; expected >= 1")
+        if batch_size < 1:
+            raise DataError(f"data.batch_size={batch_size}; expected >= 1")
+        self.n_tokens, self.seq_len, self.batch_size = int(n_tokens), int(seq_len), int(batch_size)
+        self.infinite, self.with_index, self.name = infinite, with_index, name
+        self._set_rank(rank, world_size)
+
+    def _set_rank(self, rank: int | None, world_size: int | None) -> None:
+        self.rank, self.world_size = resolve_rank(rank, world_size)
+        self.n_sections = self.world_size * self.batch_size
+        self.section_len = self.n_tokens // self.n_sections
+        self.n_windows = max(0, (self.section_len - 1) // self.seq_len)
+        if self.n_windows < 1:
+            raise DataError(
+                f"{self.name}: data.window_sampling=contiguous cuts the {self.n_tokens} tokens into "
+                f"world size {self.world_size} × data.batch_size {self.batch_size} = {self.n_sections} sections "
+                f"of {self.section_len} tokens, shorter than one window of seq_len + 1 = {self.seq_len + 1}; "
+                "use a smaller data.batch_size, a shorter data.seq_len, fewer ranks or more data"
+            )
+        self._position = 0  # samples this worker has yielded
+        self._resume: int | None = None
+
+    def shard(self, rank: int | None = None, world_size: int | None = None) -> ContiguousStream:
+        """A copy of this stream for one rank (its sections laid out for that world size), at its start."""
+        other = copy.copy(self)
+        other._set_rank(rank, world_size)
+        return other
+
+    @property
+    def n_items(self) -> int:
+        """Windows per epoch over all ranks."""
+        return self.n_sections * self.n_windows
+
+    def section_start(self, section: int | np.ndarray) -> int | np.ndarray:
+        return section * self.section_len
+
+    # --- what subclasses provide -------------------------------------------------------------
+    def make_windows(self, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    # --- resumable state -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self._position, "sections": self.n_sections}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        position = int(state["position"])
+        if position < 0:
+            raise DataError(f"{self.name}: invalid stream state {state!r}")
+        sections = int(state.get("sections", self.n_sections))
+        if sections != self.n_sections:
+            raise DataError(
+                f"{self.name}: the saved contiguous stream has {sections} sections, this run "
+                f"{self.n_sections} (world size {self.world_size} × data.batch_size {self.batch_size}); "
+                "data.window_sampling=contiguous resumes with the same world size × batch size"
+            )
+        self._position = position
+        self._resume = position
+
+    def _start(self) -> None:
+        if self._resume is not None:
+            self._position, self._resume = self._resume, None
+        elif not self.infinite:
+            self._position = 0
+
+    # --- batches -----------------------------------------------------------------------------------
+    def batch_samples(self, k: int) -> list[dict[str, torch.Tensor]]:
+        """The ``batch_size`` samples (rows) of global batch ``k`` on this rank."""
+        epoch, j = divmod(k, self.n_windows)
+        sections = self.rank * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
+        offset = j * self.seq_len
+        windows, documents = self.make_windows(self.section_start(sections) + offset)
+        resets = documents.copy()
+        if j == 0:
+            resets[:, 0] = True
+        w = torch.from_numpy(windows)
+        r = torch.from_numpy(resets)
+        off = torch.tensor(offset, dtype=torch.int64)
+        samples = [
+            {"inputs": x, "targets": y, "resets": z, "offset": off}
+            for x, y, z in zip(w[:, :-1].unbind(0), w[:, 1:].unbind(0), r.unbind(0))
+        ]
+        if self.with_index:
+            for s, sample in zip(sections.tolist(), samples):
+                sample["index"] = torch.tensor(s * self.n_windows + j)
+                sample["epoch"] = torch.tensor(epoch)
+        return samples
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        worker, n_workers = _worker()
+        self._start()
+        local, row = divmod(self._position, self.batch_size)
+        while True:
+            k = worker + n_workers * local
+            if not self.infinite and k >= self.n_windows:
+                return
+            samples = self.batch_samples(k)
+            for sample in samples[row:]:
+                self._position += 1  # the state counts what has been handed out: update it before the yield
+                yield sample
+            local, row = local + 1, 0

@@ -225,26 +225,33 @@ from ssm_train.data.registry import register_data  # noqa: E402
 class SyntheticDataModule(L.LightningDataModule):
     """Infinite fresh training samples; a fixed validation/test set of ``val_batches`` batches."""
 
-    def __init__(self, cfg: DataConfig, seed: int) -> None:
+    def __init__(self, cfg: DataConfig, seed: int, *, rank: int | None = None,
+                 world_size: int | None = None) -> None:
         super().__init__()
         check_synthetic(cfg)
         self.cfg, self.seed = cfg, seed + cfg.seed_offset
+        self.rank, self.world_size = rank, world_size  # None: resolved when a stream is iterated
         self.spec = synthetic_spec(cfg)
+
+    def set_data_parallel(self, rank: int, world_size: int) -> None:
+        """Shard over these data-parallel replicas instead of the global ranks (as the corpus modules)."""
+        self.rank, self.world_size = resolve_rank(rank, world_size)
 
     def _loader(self, stream: SyntheticStream) -> ResumableDataLoader:
         return ResumableDataLoader(stream, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers)
 
     def train_dataloader(self) -> ResumableDataLoader:
-        return self._loader(SyntheticStream(self.cfg, self.seed))
+        return self._loader(SyntheticStream(self.cfg, self.seed, rank=self.rank, world_size=self.world_size))
 
     def val_dataloader(self) -> ResumableDataLoader:
         n = self.cfg.val_batches * self.cfg.batch_size
-        world = resolve_rank()[1]
+        world = resolve_rank(self.rank, self.world_size)[1]
         if n < world:  # every rank would get n // world = 0 samples and no metric could be computed
             raise DataError(f"keys 'data.val_batches' x 'data.batch_size': {self.cfg.val_batches} x "
                             f"{self.cfg.batch_size} = {n} validation samples cannot be split over {world} ranks; "
                             f"make data.val_batches at least {-(-world // self.cfg.batch_size)}")
-        return self._loader(SyntheticStream(self.cfg, self.seed, n=n, offset=VAL_INDEX_OFFSET))
+        return self._loader(SyntheticStream(self.cfg, self.seed, n=n, rank=self.rank, world_size=self.world_size,
+                                            offset=VAL_INDEX_OFFSET))
 
     test_dataloader = val_dataloader
 

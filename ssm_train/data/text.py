@@ -16,7 +16,10 @@ documents' tokens with ``<eos>`` after every document::
 
 Window ``i`` is ``tokens[i·L : i·L + L + 1]`` (``L = seq_len``): consecutive windows share one
 token, so each token is a target exactly once, and a batch is ``inputs = w[:-1]``,
-``targets = w[1:]``. The train/validation split is either the files in ``val_path``, or a
+``targets = w[1:]``, with ``resets`` True at column 0 and at every ``<eos>`` input (the
+separator opens the next document). With ``data.window_sampling=contiguous`` (``TextStreams``),
+each batch row instead reads one section of the array window after window, for truncated BPTT
+(``stream.ContiguousStream``). The train/validation split is either the files in ``val_path``, or a
 deterministic ``val_fraction`` of the documents, chosen by a hash of (file name, document index):
 the same on every machine and for every seed.
 """
@@ -36,7 +39,7 @@ import torch
 
 from ssm_train.data.cache import ArrayWriter, LazyMemmap, cache_root, cached_dir, fingerprint, read_json, write_json
 from ssm_train.data.files import decode_utf8, iter_lines, strip_gz
-from ssm_train.data.stream import ShardedStream, combine
+from ssm_train.data.stream import ContiguousStream, ShardedStream, combine
 from ssm_train.data.tokenizers import CharTokenizer, Tokenizer, build_tokenizer, tokenizer_from_state
 from ssm_train.errors import DataError
 
@@ -284,9 +287,15 @@ def n_windows(n_tokens: int, seq_len: int) -> int:
 
 
 class TextWindows(ShardedStream):
-    """Windows ``tokens[i·L : i·L + L + 1]`` as ``{"inputs": w[:-1], "targets": w[1:]}`` (int64)."""
+    """Windows ``tokens[i·L : i·L + L + 1]`` as ``{"inputs": w[:-1], "targets": w[1:], "resets"}``.
 
-    def __init__(self, tokens: LazyMemmap, seq_len: int, *, name: str = "text", **stream: Any):
+    ``resets`` (bool ``[L]``) is True at column 0 (a window never continues another) and, given
+    ``eos_id``, wherever the input is ``<eos>``: the separator acts as the first token of the next
+    document, so the model predicts that document's first token from a state that saw only ``<eos>``.
+    """
+
+    def __init__(self, tokens: LazyMemmap, seq_len: int, *, eos_id: int | None = None, name: str = "text",
+                 **stream: Any):
         if seq_len < 1:
             raise DataError(f"data.seq_len={seq_len}; expected >= 1")
         n = n_windows(len(tokens), seq_len)
@@ -295,7 +304,7 @@ class TextWindows(ShardedStream):
                 f"{name}: {len(tokens)} tokens are shorter than one window of seq_len + 1 = {seq_len + 1}; "
                 "use a shorter seq_len or more data"
             )
-        self.tokens, self.seq_len = tokens, seq_len
+        self.tokens, self.seq_len, self.eos_id = tokens, seq_len, eos_id
         super().__init__(n, name=name, **stream)
 
     def windows(self, items: np.ndarray) -> np.ndarray:
@@ -303,10 +312,40 @@ class TextWindows(ShardedStream):
         return self.tokens.array[offsets].astype(np.int64)
 
     def make_samples(self, epoch: int, items: np.ndarray) -> list[dict[str, torch.Tensor]]:
-        return shifted_pairs(self.windows(items))
+        w = self.windows(items)
+        resets = document_starts(w, self.eos_id)
+        resets[:, 0] = True
+        return shifted_pairs(w, resets)
 
 
-def shifted_pairs(windows: np.ndarray) -> list[dict[str, torch.Tensor]]:
-    """``{"inputs": w[:-1], "targets": w[1:]}`` per row ``w`` (views, made in two C calls)."""
+class TextStreams(ContiguousStream):
+    """``data.window_sampling=contiguous``: each batch row reads one section of the token array,
+    window after window (``stream.ContiguousStream``); ``resets`` at the ``<eos>`` inputs (given
+    ``eos_id``) and at column 0 of a section's first window."""
+
+    def __init__(self, tokens: LazyMemmap, seq_len: int, batch_size: int, *, eos_id: int | None = None,
+                 name: str = "text", **stream: Any):
+        self.tokens, self.eos_id = tokens, eos_id
+        super().__init__(len(tokens), seq_len, batch_size, name=name, **stream)
+
+    def make_windows(self, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w = self.tokens.array[starts[:, None] + np.arange(self.seq_len + 1)].astype(np.int64)
+        return w, document_starts(w, self.eos_id)
+
+
+def document_starts(windows: np.ndarray, eos_id: int | None) -> np.ndarray:
+    """bool ``[n, L]``: where an input (``windows[:, :-1]``) is ``eos_id``; all False without one."""
+    if eos_id is None:
+        return np.zeros((windows.shape[0], windows.shape[1] - 1), dtype=bool)
+    return windows[:, :-1] == eos_id
+
+
+def shifted_pairs(windows: np.ndarray, resets: np.ndarray | None = None) -> list[dict[str, torch.Tensor]]:
+    """``{"inputs": w[:-1], "targets": w[1:]}`` per row ``w`` (views, made in two C calls), with
+    ``"resets"`` (bool ``[n, L]``, one row per window) when given."""
     w = torch.from_numpy(windows)
-    return [{"inputs": x, "targets": y} for x, y in zip(w[:, :-1].unbind(0), w[:, 1:].unbind(0))]
+    pairs = [{"inputs": x, "targets": y} for x, y in zip(w[:, :-1].unbind(0), w[:, 1:].unbind(0))]
+    if resets is not None:
+        for pair, r in zip(pairs, torch.from_numpy(np.ascontiguousarray(resets)).unbind(0)):
+            pair["resets"] = r
+    return pairs

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -147,6 +148,16 @@ def test_random_windows_stay_inside_records_in_proportion(two_records, caplog):
         assert len(found) == 1  # a real substring of exactly one record: never across a boundary
         counts[found[0]] += 1
     assert 2.4 < counts["a"] / counts["b"] < 3.8  # valid starts 2968 : 968 ≈ 3.07
+
+
+def test_tiled_and_random_windows_reset_at_column_0_only(two_records):
+    """They never cross a record (above), so no record starts inside one; windows that cross records
+    (data.window_sampling=contiguous) are tested in test_contiguous.py."""
+    f, _, _ = two_records
+    for sampling in ("tiled", "random"):
+        for sample, _ in zip(iter(windows([f], whole_records([f]), sampling=sampling)), range(200)):
+            assert sample["resets"].dtype == torch.bool and sample["resets"].shape == (32,)
+            assert sample["resets"][0] and not sample["resets"][1:].any()
 
 
 def test_reverse_complement_augmentation(two_records):

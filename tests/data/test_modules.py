@@ -57,7 +57,11 @@ def test_each_kind_builds_with_a_spec(configs):
         if task == "lm":
             assert batch["inputs"].shape == batch["targets"].shape == (8, 64)
             assert torch.equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
+            assert batch["resets"].dtype == torch.bool and batch["resets"].shape == (8, 64)
+            assert batch["resets"][:, 0].all() and module.spec.extra["resets"]
+            assert next(iter(val))["resets"][:, 0].all()  # validation batches have them too
         else:
+            assert "resets" not in batch  # one sequence per row: nothing to reset
             assert module.spec.d_output == 3 and batch["targets"].shape == (8,)
             assert batch["inputs"].shape == batch["mask"].shape == (8, 60) and batch["mask"].all()
         assert int(batch["inputs"].max()) < vocab
@@ -127,9 +131,11 @@ class Probe(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+@pytest.mark.parametrize("sampling", ["random", "contiguous"])
 @pytest.mark.parametrize("workers", [0, 2])
-def test_lightning_resumes_mid_epoch_with_the_next_window(configs, tmp_path, workers):
-    cfg = DataConfig(**{**configs["text"].__dict__, "seq_len": 1024, "batch_size": 64, "num_workers": workers})
+def test_lightning_resumes_mid_epoch_with_the_next_window(configs, tmp_path, workers, sampling):
+    cfg = DataConfig(**{**configs["text"].__dict__, "seq_len": 1024, "batch_size": 64, "num_workers": workers,
+                        "window_sampling": sampling})
 
     def fit(max_steps, ckpt_path=None):
         probe = Probe()

@@ -211,3 +211,64 @@ def test_parquet_needs_pyarrow(tmp_path, cache_dir):
 
     pq.write_table(pa.table({"text": ["one", None, "two"]}), tmp_path / "t.parquet")
     assert list(iter_documents(tmp_path / "t.parquet")) == [(1, "one"), (3, "two")]
+
+
+# --- document resets ----------------------------------------------------------------------------
+
+
+def text_module(tmp_path, cache_dir, **kw):
+    from ssm_train.data.config import DataConfig
+    from ssm_train.data.modules import TextDataModule
+
+    (tmp_path / "docs.txt").write_text("one two\n\nthree\n\nfour five six\n\nseven\n\neight nine\n")
+    (tmp_path / "held.txt").write_text("ten\n\neleven twelve\n\nthirteen\n\nfourteen\n")
+    cfg = DataConfig(kind="text", path=[str(tmp_path / "docs.txt")], val_path=[str(tmp_path / "held.txt")],
+                     seq_len=5, batch_size=2, shuffle_buffer=0, cache_dir=cache_dir, **kw)
+    return TextDataModule(cfg, seed=0, with_index=True)
+
+
+def test_resets_are_at_the_eos_inputs_and_column_0(tmp_path, cache_dir):
+    module = text_module(tmp_path, cache_dir)
+    eos = module.corpus.tokenizer.eos_id
+    splits = ((module.train_dataloader(), module.corpus.train), (module.val_dataloader(), module.corpus.val))
+    for loader, tokens in splits:
+        tokens = np.asarray(tokens.array).astype(np.int64)
+        n = (len(tokens) - 1) // 5
+        seen = []
+        for batch in itertools.islice(loader, (n + 1) // 2):  # one pass (in file order: shuffle_buffer=0)
+            assert batch["resets"].dtype == torch.bool and batch["resets"].shape == batch["inputs"].shape
+            assert "offset" not in batch  # contiguous mode only
+            for i, inputs, resets in zip(batch["index"].tolist(), batch["inputs"], batch["resets"]):
+                assert inputs.tolist() == tokens[i * 5 : i * 5 + 5].tolist()
+                expected = inputs == eos
+                expected[0] = True  # no window continues another
+                assert torch.equal(resets, expected)
+                seen.append(i)
+        assert sorted(seen) == list(range(n))
+        # <eos> ends each document, so the next one starts from a state that saw only <eos>
+        assert int((tokens[: n * 5] == eos).sum()) >= 3
+    off = text_module(tmp_path, cache_dir, reset_at_documents=False)
+    for batch in itertools.islice(off.train_dataloader(), 3):
+        assert batch["resets"][:, 0].all() and not batch["resets"][:, 1:].any()
+
+
+def test_austen_resets_count_the_eos_inputs(austen, cache_dir):
+    from ssm_train.data.config import DataConfig
+    from ssm_train.data.modules import TextDataModule
+
+    cfg = DataConfig(kind="text", path=[str(austen)], seq_len=256, batch_size=32, cache_dir=cache_dir)
+    module = TextDataModule(cfg, seed=0)
+    eos = module.corpus.tokenizer.eos_id
+    tokens = np.asarray(module.corpus.val.array)
+    n_resets = n_eos = n_windows = 0
+    for batch in module.val_dataloader():  # the whole validation split, once
+        n_resets += int(batch["resets"][:, 1:].sum())
+        n_eos += int((batch["inputs"][:, 1:] == eos).sum())
+        n_windows += len(batch["inputs"])
+        assert batch["resets"][:, 0].all()
+    assert n_windows == (len(tokens) - 1) // 256
+    # every <eos> input but those in column 0 (which resets anyway) is a reset, and nothing else is
+    inside = tokens[: n_windows * 256].reshape(n_windows, 256)[:, 1:]
+    assert n_resets == n_eos == int((inside == eos).sum())
+    docs = module.corpus.meta["val_docs"]  # Austen's held-out paragraphs, one <eos> each
+    assert int((tokens == eos).sum()) == docs > 400 and n_resets > 0.95 * docs  # a few fall in column 0
