@@ -62,6 +62,9 @@ class _ModelFields:
     bidirectional: bool = False
     pooling: str = "mean"  # classification head: mean | last
     tie_weights: bool = False  # LM head shares the embedding
+    # truncated BPTT: each layer's last state (detached) starts the same batch row's next window;
+    # needs data.window_sampling=contiguous, so that row b of batch k+1 continues row b of batch k
+    carry_state: bool = False
 
 
 # One section per registered layer kind, named by it: model.lru.normalize, model.s4d.mode,
@@ -132,6 +135,10 @@ class TrainerConfig:
     limit_val_batches: int = 8  # 0 = no validation
     log_every_n_steps: int = 10
     enable_progress_bar: bool = True
+    # none | block (recompute each block in the backward) | chunk (run the stack over time chunks
+    # of checkpoint_chunk steps, states passed between them, one chunk's activations alive at a time)
+    activation_checkpointing: str = "none"
+    checkpoint_chunk: int = 4096
 
 
 @dataclass
@@ -438,6 +445,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.norm": ("layer", "rms", "batch"),
     "model.mlp": ("mlp", "glu"),
     "model.pooling": ("mean", "last"),
+    "trainer.activation_checkpointing": ("none", "block", "chunk"),
     "task.kind": ("auto", "lm", "classify", "regress"),
     "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
 }
@@ -455,11 +463,19 @@ def validate(cfg: Config) -> None:
     _check(cfg.model.init.name in INITS, "model.init.name", f"must be one of {', '.join(sorted(INITS))}")
     _check(cfg.data.kind in data_kinds(), "data.kind", f"must be one of {', '.join(data_kinds())}")
     for key in ("data.seq_len", "data.batch_size", "trainer.max_steps", "trainer.val_check_interval",
-                "trainer.accumulate_grad_batches", "trainer.num_nodes", "checkpoint.every_n_steps"):
+                "trainer.accumulate_grad_batches", "trainer.num_nodes", "checkpoint.every_n_steps",
+                "trainer.checkpoint_chunk"):
         _check(_get(cfg, key) > 0, key, f"must be positive, got {_get(cfg, key)}")
     _check(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
     for key, problem in data_problems(cfg.data):
         _check(False, f"data.{key}", problem)
+    _check(cfg.trainer.activation_checkpointing != "chunk" or (
+        not cfg.model.bidirectional and getattr(LAYERS[cfg.model.kind].layer_cls, "carries_state", True)),
+        "trainer.activation_checkpointing", "chunk passes recurrent states between time chunks: it needs a "
+        "causal recurrent model (not bidirectional, not attention); use block")
+    _check(not cfg.model.carry_state or cfg.data.window_sampling == "contiguous", "model.carry_state",
+           "needs data.window_sampling=contiguous (each batch row must continue the previous batch's row), "
+           f"got data.window_sampling={cfg.data.window_sampling!r}")
     _check_optim(cfg.optim)
     _check_trainer(cfg.trainer)
     _check(bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."), "name",
@@ -506,6 +522,11 @@ def _check_model(m: ModelConfig) -> None:
     _check(m.mlp_ratio > 0, "model.mlp_ratio", f"must be positive, got {m.mlp_ratio}")
     for key, problem in init_problems({k: v for k, v in vars(m.init).items() if k != "name"}, prefix="model.init."):
         _check(False, key, problem)  # nn/init.py owns these rules (the inits raise the same)
+    if m.carry_state:
+        _check(not m.bidirectional, "model.carry_state",
+               "a bidirectional model carries no state across windows (its backward half reads the future)")
+        _check(getattr(LAYERS[m.kind].layer_cls, "carries_state", True), "model.carry_state",
+               f"kind={m.kind} has no finite state to carry across windows; use a recurrent kind")
     context = LayerContext(kind=m.kind, d_model=m.d_model, d_state=m.d_state, init=m.init.name)
     for key, problem in layer_config(m).problems(context):  # the layer's own rules, in its file
         _check(False, f"model.{key}", problem)

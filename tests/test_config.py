@@ -62,6 +62,13 @@ def test_round_trip_through_plain_dict():
     (["data.path=[/no/such/file.txt]"], "data.path", "does not exist"),
     (["checkpoint.resume=/no/such.ckpt"], "checkpoint.resume", "not a file"),
     (["name=a/b"], "name", "directory name"),
+    (["model.carry_state=true"], "model.carry_state", "window_sampling=contiguous"),
+    (["model.carry_state=true", "model.bidirectional=true"], "model.carry_state", "bidirectional"),
+    (["model.carry_state=true", "model.kind=transformer"], "model.carry_state", "no finite state"),
+    (["trainer.activation_checkpointing=layer"], "trainer.activation_checkpointing", "none, block, chunk"),
+    (["trainer.activation_checkpointing=chunk", "model.bidirectional=true"], "trainer.activation_checkpointing",
+     "causal recurrent"),
+    (["trainer.checkpoint_chunk=0"], "trainer.checkpoint_chunk", "positive"),
 ])
 def test_bad_values_name_the_key(overrides, key, words):
     with pytest.raises(ConfigError) as e:

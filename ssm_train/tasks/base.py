@@ -19,11 +19,12 @@ from torch import Tensor
 
 from ssm_train.config import Config, from_dict, layer_config
 from ssm_train.data.base import DataSpec
-from ssm_train.errors import NonFiniteLossError
+from ssm_train.errors import ConfigError, NonFiniteLossError
 from ssm_train.nn import Backbone
 from ssm_train.nn.init import get_init
 from ssm_train.nn.params import param_groups
 from ssm_train.nn.registry import mixer_factory
+from ssm_train.nn.state import detach_state, map_state
 
 
 def spec_to_dict(spec: DataSpec) -> dict:
@@ -42,7 +43,8 @@ def build_backbone(cfg: Config, spec: dict) -> Backbone:
         vocab_size=spec["vocab_size"], d_input=spec["d_input"], d_model=m.d_model,
         n_layers=m.n_layers, mixer=mixer, norm=m.norm, mlp=m.mlp, mlp_ratio=m.mlp_ratio,
         dropout=m.dropout, bidirectional=m.bidirectional, head=spec["task"], d_output=spec["d_output"],
-        pooling=m.pooling, tie_weights=m.tie_weights,
+        pooling=m.pooling, tie_weights=m.tie_weights, checkpointing=cfg.trainer.activation_checkpointing,
+        checkpoint_chunk=cfg.trainer.checkpoint_chunk,
     )
 
 
@@ -73,9 +75,56 @@ class SequenceTask(L.LightningModule):
         self.cfg: Config = from_dict(config)
         self.spec = spec
         self.model = build_backbone(self.cfg, spec)
+        self._carried: dict[str, Any] = {}  # stage -> the model's state after the last batch
+        self._stage = "train"
 
     def forward(self, inputs: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.model(inputs, mask=mask) if mask is not None else self.model(inputs)
+
+    # ----- sequences: document resets and the state carried from window to window
+    def run_model(self, batch: dict[str, Tensor]) -> Tensor:
+        """The model on a batch of windows: with the batch's ``resets`` (document starts), and
+        with ``model.carry_state`` from the states the previous batch of this stage left (the
+        same rows continue the same streams: data.window_sampling=contiguous); those states are
+        detached, so gradients stop at the window boundary (truncated BPTT)."""
+        resets = batch.get("resets")
+        if not self.cfg.model.carry_state:
+            return self.model(batch["inputs"], resets=resets)
+        out, state = self.model(batch["inputs"], resets=resets, state=self._carried.get(self._stage),
+                                return_state=True)
+        self._carried[self._stage] = detach_state(state)
+        return out
+
+    def on_validation_epoch_start(self) -> None:
+        self._carried.pop("val", None)  # every validation reads its streams from their start
+
+    def on_test_epoch_start(self) -> None:
+        self._carried.pop("test", None)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The training streams' carried states travel in the checkpoint, one per rank (gathered:
+        only rank 0 writes), so that a resumed run continues them bit for bit."""
+        if not self.cfg.model.carry_state:
+            return
+        mine = map_state(self._carried.get("train"), lambda t: t.detach().cpu())
+        world = self.trainer.world_size
+        states = [mine]
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            states = [None] * world
+            torch.distributed.all_gather_object(states, mine)
+        checkpoint["carried_state"] = {"world_size": world, "states": states}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("carried_state")
+        if not self.cfg.model.carry_state or saved is None:
+            return
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if saved["world_size"] != world:
+            raise ConfigError(
+                f"this checkpoint carries recurrent states for {saved['world_size']} ranks, the run has {world}: "
+                "model.carry_state resumes on the same number of ranks (or set model.carry_state=false)")
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        self._carried["train"] = map_state(saved["states"][rank], lambda t: t.to(self.device))
 
     # ----- steps
     def loss_and_outputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -85,6 +134,7 @@ class SequenceTask(L.LightningModule):
         raise NotImplementedError
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        self._stage = "train"
         loss, _ = self.loss_and_outputs(batch)
         bad = not bool(torch.isfinite(loss.detach()))
         if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
@@ -112,6 +162,7 @@ class SequenceTask(L.LightningModule):
         self._eval_step("test", batch)
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
+        self._stage = stage
         loss, outputs = self.loss_and_outputs(batch)
         self.update_metrics(stage, outputs, batch, loss)
 

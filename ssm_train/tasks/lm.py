@@ -25,7 +25,7 @@ class LanguageModelTask(SequenceTask):
             self.add_module(f"{s}_acc", self.acc[s])
 
     def loss_and_outputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        logits = self(batch["inputs"])
+        logits = self.run_model(batch)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(),
                                ignore_index=self.spec["ignore_index"])
         return loss, logits

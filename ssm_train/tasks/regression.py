@@ -21,7 +21,7 @@ class RegressionTask(SequenceTask):
             self.add_module(f"{s}_metrics", m)
 
     def loss_and_outputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        preds = self(batch["inputs"])
+        preds = self.run_model(batch)
         return F.mse_loss(preds.float(), batch["targets"]), preds
 
     def update_metrics(self, stage: str, preds: Tensor, batch: dict[str, Tensor], loss: Tensor) -> None:
