@@ -18,8 +18,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ssm_train.nn.block import NORMS, Block, _lookup
+from ssm_train.nn.context import set_context_parallel
 from ssm_train.nn.registry import MixerFactory
 from ssm_train.nn.state import zero_rows
+from ssm_train.ops.context import GroupLike
 
 HEADS = ("lm", "classify", "regress")
 POOLINGS = ("mean", "last")
@@ -94,6 +96,18 @@ class Backbone(nn.Module):
         self.head = nn.Linear(d_model, d_output, bias=head != "lm")
         if tie_weights:
             self.head.weight = self.encoder.weight
+
+    # -- parallelism ------------------------------------------------------------------------------
+
+    def set_context_parallel(self, group: GroupLike) -> None:
+        """Split every sequence over the ranks of ``group`` from now on: each rank passes its
+        slice of every batch along time (nn/context.py). Refuses chunk checkpointing, which
+        passes states between time chunks of one rank."""
+        if self.checkpointing == "chunk":
+            raise ValueError("checkpointing='chunk' passes states between time chunks and cannot split a sequence "
+                             "over ranks: use checkpointing='block' with context parallelism")
+        mixers = [m for b in self.blocks for m in (b.mixer, getattr(b, "mixer_bwd", None)) if m is not None]
+        set_context_parallel(mixers, group)
 
     # -- sequence ---------------------------------------------------------------------------------
 

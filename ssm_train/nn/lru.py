@@ -24,6 +24,7 @@ from ssm_train.nn.init import init_eigenvalues
 from ssm_train.nn.registry import LayerConfig, LayerContext, register_layer
 from ssm_train.ops.backend import at_least_float32
 from ssm_train.nn.state import last_state
+from ssm_train.nn.context import refuse_state, sequence_scan
 from ssm_train.ops.scan import linear_scan
 
 # Defaults of the init when LRU is built without init_params (merged under the user's params).
@@ -44,6 +45,8 @@ class LRU(nn.Module):
     """Linear Recurrent Unit: complex diagonal Λ = exp(-exp(nu_log) + i exp(theta_log)), γ-normalised input."""
 
     recurrent_params = ("nu_log", "theta_log", "gamma_log", "B_re", "B_im")
+    context_parallel = True  # splits a sequence over ranks (nn/context.py); self.context set there
+    context = None
 
     def __init__(
         self,
@@ -136,7 +139,8 @@ class LRU(nn.Module):
         ``state`` is x before the first step (None = zeros), as in `step`; ``resets`` [B, L] bool
         zeroes the state before each step t where it is True (a document starts at t).
         """
-        x = linear_scan(self.lam(), self._input(u), state, reverse=self.reverse, resets=resets)
+        refuse_state(self, state, return_state)
+        x = sequence_scan(self, linear_scan)(self.lam(), self._input(u), state, reverse=self.reverse, resets=resets)
         y = self._output(x, u)
         return (y, last_state(x, state, self.reverse)) if return_state else y
 

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from ssm_train.nn.init import radius_problems
 from ssm_train.nn.registry import LayerConfig, LayerContext, register_layer
+from ssm_train.nn.context import active, refuse_state, sequence_scan, slice_tail
 from ssm_train.nn.state import last_state
 from ssm_train.ops.backend import at_least_float32
 from ssm_train.ops.conv import causal_depthwise_conv
@@ -82,6 +83,9 @@ class RGLRU(nn.Module):
     """Hawk's recurrent block: conv + RG-LRU (real gated decay a^{c r_t}) times a GeLU gate."""
 
     recurrent_params = ("Lambda",)
+    context_parallel = True  # splits a sequence over ranks (nn/context.py); self.context set there
+    context = None
+    flips_time = True  # reverse=True flips the sequence: not a slice of the reversed sequence
     selection_params = ("gate_a.weight",)  # zeroed, the decay no longer depends on the input
 
     def __init__(
@@ -156,11 +160,15 @@ class RGLRU(nn.Module):
 
     def _forward(self, u: Tensor, resets: Tensor | None = None, state: RGLRUState | None = None,
                  return_state: bool = False) -> Tensor | tuple[Tensor, RGLRUState]:
+        refuse_state(self, state, return_state)
+        cg = active(self)
         tail, h0 = (None, None) if state is None else state
         x, g = self.in_proj(u).chunk(2, dim=-1)
+        if cg is not None:  # the conv_width - 1 inputs before this rank's slice
+            tail = slice_tail(x, self.conv_width - 1, resets, cg)
         x, tail = causal_depthwise_conv(x, self.conv1d.weight, self.conv1d.bias, tail=tail, resets=resets)
         a, b = self._rglru_inputs(x)
-        h = linear_scan(a, b, h0, resets=resets)
+        h = sequence_scan(self, linear_scan)(a, b, h0, resets=resets)
         y = self.out_proj(h * F.gelu(g))
         return (y, (tail, last_state(h, h0))) if return_state else y
 

@@ -45,6 +45,8 @@ from ssm_train.nn.registry import LayerConfig, LayerContext, register_layer
 from ssm_train.nn.state import last_state, zero_rows
 from ssm_train.ops.backend import at_least_float32, autocast_off
 from ssm_train.ops.conv import fft_conv, vandermonde_kernel, vandermonde_state
+from ssm_train.nn.context import active, refuse_state, sequence_scan
+from ssm_train.ops.context import combine_over_ranks, decay_product
 from ssm_train.ops.scan import linear_scan
 
 MODES = ("conv", "scan")
@@ -54,6 +56,8 @@ class S4D(nn.Module):
     """S4D (Gu et al. 2022): diagonal continuous-time A, ZOH or bilinear, FFT convolution or scan"""
 
     recurrent_params = ("log_dt", "A_log_re", "A_im", "B_re", "B_im")
+    context_parallel = True  # splits a sequence over ranks (nn/context.py); self.context set there
+    context = None
 
     def __init__(
         self,
@@ -151,9 +155,14 @@ class S4D(nn.Module):
         (equal outputs; the cost is in docs/RESULTS.md); a carried state adds its free response
         2 Re Σ_n C λ^(t+1) x₀ to the convolution, and the last state is a Vandermonde sum.
         """
+        refuse_state(self, state, return_state)
         if resets is not None and state is not None:
             state = zero_rows(state, resets[:, 0])
         inner = resets is not None and bool(resets[:, 1:].any())
+        if active(self) is not None:  # this rank holds a slice of the sequence
+            if self.mode == "conv" and not inner and not self.reverse:
+                return self._context_conv(u, resets)
+            return self._scan(u, resets, None, False)
         if self.mode == "conv" and not inner and not (self.reverse and (state is not None or return_state)):
             return self._conv(u, state, return_state)
         return self._scan(u, resets, state, return_state)
@@ -165,15 +174,34 @@ class S4D(nn.Module):
             if state is None and not return_state:
                 return y
             lam, B_bar = self.discrete()
-            if state is not None:  # free response of x₀: y_t += 2 Re Σ_n C λ^(t+1) x₀
-                W = (self.C() * lam * state.to(lam.dtype)).reshape(Bsz * H, -1)
-                y = y + vandermonde_kernel(lam.repeat(Bsz, 1), W, L).view(Bsz, H, L).transpose(1, 2)
+            if state is not None:
+                y = y + self._free_response(lam, state, L)
             if not return_state:
                 return y
             x_last = B_bar * vandermonde_state(lam, at_least_float32(u))
             if state is not None:
                 x_last = x_last + lam ** L * state.to(lam.dtype)
             return y, x_last
+
+    def _free_response(self, lam: Tensor, x0: Tensor, L: int) -> Tensor:
+        """[B, L, H]: the output of a state x₀ [B, H, N] with no input, y_t = 2 Re Σ_n C λ^(t+1) x₀."""
+        Bsz, H, _ = x0.shape
+        W = (self.C() * lam * x0.to(lam.dtype)).reshape(Bsz * H, -1)
+        return vandermonde_kernel(lam.repeat(Bsz, 1), W, L).view(Bsz, H, L).transpose(1, 2)
+
+    def _context_conv(self, u: Tensor, resets: Tensor | None) -> Tensor:
+        """The convolution on this rank's slice: the local convolution from zero, plus the free
+        response of the state s_r entering the slice, from the slices' final states from zero
+        (f_r = B̄ ⊙ Σ_j λ^(L_r-1-j) u_j) and decay products λ^(L_r), combined over the ranks."""
+        Bsz, L, H = u.shape
+        y, f = self._conv(u, None, True)
+        with autocast_off(u.device.type):
+            lam, _ = self.discrete()
+            P = decay_product(lam.reshape(-1), L, resets)
+            s = combine_over_ranks(f.reshape(Bsz, -1), P, None, self.context).view(Bsz, H, -1)
+            if resets is not None:  # a document starting at the slice's first step reads no carry
+                s = zero_rows(s, resets[:, 0])
+            return y + self._free_response(lam, s, L)
 
     def _scan(self, u: Tensor, resets: Tensor | None, state: Tensor | None,
               return_state: bool) -> Tensor | tuple[Tensor, Tensor]:
@@ -182,7 +210,8 @@ class S4D(nn.Module):
         lam, B_bar = self.discrete()
         b = B_bar * at_least_float32(u)[..., None]  # [B, L, H, N]
         h0 = None if state is None else state.reshape(Bsz, H * N)
-        x = linear_scan(lam.reshape(-1), b.reshape(Bsz, L, H * N), h0, reverse=self.reverse, resets=resets)
+        scan = sequence_scan(self, linear_scan)
+        x = scan(lam.reshape(-1), b.reshape(Bsz, L, H * N), h0, reverse=self.reverse, resets=resets)
         y = self._output(x.view(Bsz, L, H, N), u)
         return (y, last_state(x, h0, self.reverse).view(Bsz, H, N)) if return_state else y
 

@@ -21,6 +21,7 @@ backwards in time: out = flip(layer(flip(u))).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from torch import Tensor, nn
 from ssm_train.nn.init import sample_dt
 from ssm_train.nn.registry import LayerConfig, LayerContext, register_layer
 from ssm_train.ops.backend import at_least_float32
+from ssm_train.nn.context import active, refuse_state, slice_tail
+from ssm_train.ops.context import cp_selective_scan
 from ssm_train.ops.conv import causal_depthwise_conv
 from ssm_train.ops.scan import flip_resets
 from ssm_train.ops.selective_scan import selective_scan
@@ -51,6 +54,9 @@ class SelectiveSSM(nn.Module):
     """Mamba's selective SSM (S6): input-dependent Δ, B, C; A = -exp(A_log) real, per channel"""
 
     recurrent_params = ("A_log", "dt_proj.bias")
+    context_parallel = True  # splits a sequence over ranks (nn/context.py); self.context set there
+    context = None
+    flips_time = True  # reverse=True flips the sequence: not a slice of the reversed sequence
     selection_params = ("dt_proj.weight",)  # zeroed, the decay no longer depends on the input
 
     def __init__(
@@ -136,13 +142,18 @@ class SelectiveSSM(nn.Module):
 
     def _forward(self, u: Tensor, resets: Tensor | None = None, state: SelectiveState | None = None,
                  return_state: bool = False) -> Tensor | tuple[Tensor, SelectiveState]:
+        refuse_state(self, state, return_state)
+        cg = active(self)
         tail, h0 = (None, None) if state is None else state
         x, z = self.in_proj(u).chunk(2, dim=-1)
+        if cg is not None:  # the d_conv - 1 inputs before this rank's slice
+            tail = slice_tail(x, self.d_conv - 1, resets, cg)
         x, tail = causal_depthwise_conv(x, self.conv1d.weight, self.conv1d.bias, tail=tail, resets=resets)
         x = F.silu(x)
         dt, B, C = self._selection(x)
         x = at_least_float32(x)
-        out = selective_scan(x, dt, self.A(), B, C, h0=h0, resets=resets, return_state=return_state)
+        scan = selective_scan if cg is None else functools.partial(cp_selective_scan, group=cg)
+        out = scan(x, dt, self.A(), B, C, h0=h0, resets=resets, return_state=return_state)
         y, h = out if return_state else (out, None)
         y = self.out_proj((y + self.D * x) * F.silu(z))
         return (y, (tail, h)) if return_state else y
