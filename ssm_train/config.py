@@ -139,6 +139,9 @@ class TrainerConfig:
     # of checkpoint_chunk steps, states passed between them, one chunk's activations alive at a time)
     activation_checkpointing: str = "none"
     checkpoint_chunk: int = 4096
+    # split each sequence into this many contiguous slices on as many ranks (context parallelism);
+    # world size = data-parallel size x context_parallel, one context group gets the same batches
+    context_parallel: int = 1
 
 
 @dataclass
@@ -464,18 +467,20 @@ def validate(cfg: Config) -> None:
     _check(cfg.data.kind in data_kinds(), "data.kind", f"must be one of {', '.join(data_kinds())}")
     for key in ("data.seq_len", "data.batch_size", "trainer.max_steps", "trainer.val_check_interval",
                 "trainer.accumulate_grad_batches", "trainer.num_nodes", "checkpoint.every_n_steps",
-                "trainer.checkpoint_chunk"):
+                "trainer.checkpoint_chunk", "trainer.context_parallel"):
         _check(_get(cfg, key) > 0, key, f"must be positive, got {_get(cfg, key)}")
     _check(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
     for key, problem in data_problems(cfg.data):
         _check(False, f"data.{key}", problem)
     _check(cfg.trainer.activation_checkpointing != "chunk" or (
-        not cfg.model.bidirectional and getattr(LAYERS[cfg.model.kind].layer_cls, "carries_state", True)),
+        not cfg.model.bidirectional and _layer_attr(cfg.model.kind, "carries_state", True)),
         "trainer.activation_checkpointing", "chunk passes recurrent states between time chunks: it needs a "
         "causal recurrent model (not bidirectional, not attention); use block")
     _check(not cfg.model.carry_state or cfg.data.window_sampling == "contiguous", "model.carry_state",
            "needs data.window_sampling=contiguous (each batch row must continue the previous batch's row), "
            f"got data.window_sampling={cfg.data.window_sampling!r}")
+    if cfg.trainer.context_parallel > 1:
+        _check_context_parallel(cfg)
     _check_optim(cfg.optim)
     _check_trainer(cfg.trainer)
     _check(bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."), "name",
@@ -525,11 +530,44 @@ def _check_model(m: ModelConfig) -> None:
     if m.carry_state:
         _check(not m.bidirectional, "model.carry_state",
                "a bidirectional model carries no state across windows (its backward half reads the future)")
-        _check(getattr(LAYERS[m.kind].layer_cls, "carries_state", True), "model.carry_state",
+        _check(_layer_attr(m.kind, "carries_state", True), "model.carry_state",
                f"kind={m.kind} has no finite state to carry across windows; use a recurrent kind")
     context = LayerContext(kind=m.kind, d_model=m.d_model, d_state=m.d_state, init=m.init.name)
     for key, problem in layer_config(m).problems(context):  # the layer's own rules, in its file
         _check(False, f"model.{key}", problem)
+
+
+def _layer_attr(kind: str, name: str, default: Any) -> Any:
+    """A class attribute of the layer registered as ``kind`` (a registered partial: of its class)."""
+    cls = LAYERS[kind].layer_cls
+    return getattr(getattr(cls, "func", cls), name, default)
+
+
+def _check_context_parallel(cfg: Config) -> None:
+    """What splitting a sequence over trainer.context_parallel ranks needs (the layers raise the same)."""
+    m, t, n = cfg.model, cfg.trainer, cfg.trainer.context_parallel
+    key = "trainer.context_parallel"
+    _check(_layer_attr(m.kind, "context_parallel", False), key,
+           f"model.kind={m.kind} cannot split a sequence over ranks; use one of "
+           f"{', '.join(k for k in LAYERS if _layer_attr(k, 'context_parallel', False))}")
+    _check(not (m.bidirectional and _layer_attr(m.kind, "flips_time", False)), key,
+           f"a bidirectional {m.kind} reverses time by flipping its slice, which is another rank's; "
+           "use a causal model or model.kind lru/s4d")
+    _check(cfg.data.seq_len % n == 0, key,
+           f"data.seq_len={cfg.data.seq_len} does not divide into {n} equal slices")
+    _check(not m.carry_state, key, "model.carry_state is not supported with context parallelism yet "
+           "(the last rank's state would have to reach the first rank's next window)")
+    _check(t.activation_checkpointing != "chunk", key,
+           "trainer.activation_checkpointing=chunk runs time chunks on one rank; use block")
+    _check(t.strategy in ("auto", "ddp", "fsdp"), key,
+           f"composes with trainer.strategy auto, ddp or fsdp, got {t.strategy!r}")
+    _check(cfg.task.kind in ("auto", "lm", "regress"), key,
+           f"needs a loss per position (task.kind lm or regress), got task.kind={cfg.task.kind}")
+    devices = t.devices if isinstance(t.devices, int) and not isinstance(t.devices, bool) else None
+    if devices is not None and devices > 0:
+        world = devices * t.num_nodes
+        _check(world % n == 0, key, f"{n} does not divide the world size trainer.devices x trainer.num_nodes "
+               f"= {devices} x {t.num_nodes} = {world}")
 
 
 def _check_optim(o: OptimConfig) -> None:

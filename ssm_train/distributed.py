@@ -43,6 +43,8 @@ from ssm_train.paths import project_file, search_roots
 
 if TYPE_CHECKING:
     import lightning as L
+
+    from ssm_train.ops.context import ContextGroup
     from torch import nn
     from torch.distributed.device_mesh import DeviceMesh
 
@@ -148,6 +150,27 @@ def shard_model(task: L.LightningModule) -> None:
     placements = ", ".join(map(repr, next(model.parameters()).placements))
     rank_zero_info(f"FSDP2: {len(model.blocks) + 1} shard groups over the mesh ({layout}), "
                    f"parameters placed ({placements})")
+
+
+def context_group(size: int) -> ContextGroup:
+    """This rank's context group for ``trainer.context_parallel=size``: ``size`` consecutive global
+    ranks (on one node where a node holds a multiple of ``size`` processes, so that the state
+    exchanges stay on its fast links); the data-parallel replicas are the groups. Every rank
+    creates every group, in the same order, as ``new_group`` requires."""
+    import torch.distributed as dist
+
+    from ssm_train.ops.context import ContextGroup
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if world % size:
+        raise ConfigError(f"key 'trainer.context_parallel': {size} does not divide the world size {world} "
+                          "(trainer.devices x trainer.num_nodes)")
+    mine = None
+    for first in range(0, world, size):
+        group = dist.new_group(list(range(first, first + size)))
+        if first <= rank < first + size:
+            mine = group
+    return ContextGroup.of(mine)
 
 
 @contextmanager

@@ -10,6 +10,7 @@ import pytest
 
 import ssm_train.config as config_module
 from ssm_train.config import Config, ConfigError, estimate_memory, from_dict, load_config, to_dict, to_yaml
+from tests.paths import SHARED_DATA
 
 
 def write(tmp_path, name: str, text: str):
@@ -69,6 +70,19 @@ def test_round_trip_through_plain_dict():
     (["trainer.activation_checkpointing=chunk", "model.bidirectional=true"], "trainer.activation_checkpointing",
      "causal recurrent"),
     (["trainer.checkpoint_chunk=0"], "trainer.checkpoint_chunk", "positive"),
+    (["trainer.context_parallel=0"], "trainer.context_parallel", "positive"),
+    (["trainer.context_parallel=2", "model.kind=transformer"], "trainer.context_parallel",
+     "cannot split a sequence over ranks; use one of lru, real, s4d, selective, rglru"),
+    (["trainer.context_parallel=2", "model.kind=selective", "model.init.name=mamba", "model.bidirectional=true"],
+     "trainer.context_parallel", "flipping its slice"),
+    (["trainer.context_parallel=3", "data.seq_len=16"], "trainer.context_parallel", "data.seq_len=16"),
+    (["trainer.context_parallel=2", "trainer.devices=3"], "trainer.context_parallel", "3 x 1 = 3"),
+    (["trainer.context_parallel=2", "trainer.activation_checkpointing=chunk"], "trainer.context_parallel", "use block"),
+    (["trainer.context_parallel=2", "trainer.strategy=hsdp"], "trainer.context_parallel", "auto, ddp or fsdp"),
+    (["trainer.context_parallel=2", "task.kind=classify"], "trainer.context_parallel", "loss per position"),
+    (["trainer.context_parallel=2", "model.carry_state=true", "data.window_sampling=contiguous", "data.kind=text",
+      f"data.path=[{SHARED_DATA / 'text/austen.txt.gz'}]", "data.tokenizer=char"],
+     "trainer.context_parallel", "model.carry_state"),
 ])
 def test_bad_values_name_the_key(overrides, key, words):
     with pytest.raises(ConfigError) as e:

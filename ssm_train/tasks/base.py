@@ -25,6 +25,7 @@ from ssm_train.nn.init import get_init
 from ssm_train.nn.params import param_groups
 from ssm_train.nn.registry import mixer_factory
 from ssm_train.nn.state import detach_state, map_state
+from ssm_train.ops.context import ContextGroup, split_sequence
 
 
 def spec_to_dict(spec: DataSpec) -> dict:
@@ -77,6 +78,7 @@ class SequenceTask(L.LightningModule):
         self.model = build_backbone(self.cfg, spec)
         self._carried: dict[str, Any] = {}  # stage -> the model's state after the last batch
         self._stage = "train"
+        self.context: ContextGroup | None = None  # trainer.context_parallel > 1: this rank's group
 
     def forward(self, inputs: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.model(inputs, mask=mask) if mask is not None else self.model(inputs)
@@ -126,6 +128,53 @@ class SequenceTask(L.LightningModule):
         rank = self.trainer.global_rank if self._trainer is not None else 0
         self._carried["train"] = map_state(saved["states"][rank], lambda t: t.to(self.device))
 
+    # ----- context parallelism: the ranks of one context group hold the slices of the same sequences
+    def setup(self, stage: str) -> None:
+        """trainer.context_parallel=N: the group of N consecutive ranks (ssm_train.distributed),
+        the model's mixers told to scan their slices over it, and the data sharded over the
+        world/N groups instead of the ranks, so that a group's ranks read the same batches."""
+        n = self.cfg.trainer.context_parallel
+        if n == 1 or self.context is not None:
+            return
+        from ssm_train.distributed import context_group
+
+        if self.spec["task"] == "classify":
+            raise ConfigError("key 'trainer.context_parallel': needs a loss per position (lm or regress); a "
+                              "classifier pools over the whole sequence")
+        self.context = context_group(n)
+        self.model.set_context_parallel(self.context)
+        group = self.trainer.global_rank // n
+        self.trainer.datamodule.set_data_parallel(group, self.trainer.world_size // n)
+
+    def local_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Under context parallelism: this rank's slice, along time, of every [B, L, ...] tensor."""
+        if self.context is None:
+            return batch
+        L = batch["inputs"].shape[1]
+        if L % self.context.size:
+            raise ConfigError(f"key 'trainer.context_parallel': a batch of length {L} does not divide into "
+                              f"{self.context.size} slices (make data.seq_len a multiple of it)")
+        return {k: split_sequence(v, self.context).contiguous() if torch.is_tensor(v) and v.ndim >= 2
+                and v.shape[1] == L else v for k, v in batch.items()}
+
+    def loss_weight(self, batch: dict[str, Tensor]) -> Tensor:
+        """How many terms this rank's mean loss averages (every target; LM: those not ignored)."""
+        return torch.tensor(batch["targets"].numel(), device=batch["targets"].device)
+
+    def _context_mean(self, loss: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(loss to backpropagate, loss to log). Each rank's loss is its slice's mean; weighted by
+        N·w_r/Σw over the group, the gradient average that DDP/FSDP take over the N ranks is the
+        gradient of the mean over the whole sequence, and the group mean of it is that mean."""
+        import torch.distributed as dist
+
+        w = self.loss_weight(batch).to(loss.dtype)
+        total = w.clone()
+        dist.all_reduce(total, group=self.context.group)
+        weighted = loss * (w * self.context.size / total)
+        logged = weighted.detach().clone()
+        dist.all_reduce(logged, group=self.context.group)
+        return weighted, logged / self.context.size
+
     # ----- steps
     def loss_and_outputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -135,13 +184,17 @@ class SequenceTask(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         self._stage = "train"
+        batch = self.local_batch(batch)
         loss, _ = self.loss_and_outputs(batch)
+        logged = loss
+        if self.context is not None:
+            loss, logged = self._context_mean(loss, batch)
         bad = not bool(torch.isfinite(loss.detach()))
         if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at step {self.global_step}; {self._kept_checkpoint()}. "
                 "Try a lower optim.lr, trainer.gradient_clip_val, or 32-true precision.")
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["inputs"].shape[0])
+        self.log("train/loss", logged, prog_bar=True, batch_size=batch["inputs"].shape[0])
         return loss
 
     def _kept_checkpoint(self) -> str:
@@ -163,6 +216,7 @@ class SequenceTask(L.LightningModule):
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
         self._stage = stage
+        batch = self.local_batch(batch)
         loss, outputs = self.loss_and_outputs(batch)
         self.update_metrics(stage, outputs, batch, loss)
 

@@ -26,9 +26,13 @@ class LanguageModelTask(SequenceTask):
 
     def loss_and_outputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         logits = self.run_model(batch)
+        # sum / count rather than reduction="mean": a context-parallel slice may hold no target
         loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(),
-                               ignore_index=self.spec["ignore_index"])
-        return loss, logits
+                               ignore_index=self.spec["ignore_index"], reduction="sum")
+        return loss / self.loss_weight(batch).clamp_min(1), logits
+
+    def loss_weight(self, batch: dict[str, Tensor]) -> Tensor:
+        return (batch["targets"] != self.spec["ignore_index"]).sum()
 
     def update_metrics(self, stage: str, logits: Tensor, batch: dict[str, Tensor], loss: Tensor) -> None:
         targets = batch["targets"]
