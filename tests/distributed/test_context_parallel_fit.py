@@ -53,6 +53,13 @@ def test_two_context_parallel_ranks_end_where_one_process_does(runs, kind):
 
 
 @pytest.mark.slow
+def test_context_parallelism_composes_with_fsdp2(runs):
+    one = runs.get("one-lru", *KINDS["lru"])
+    fsdp = runs.get("cp2-fsdp", *KINDS["lru"], *cp(2), "trainer.strategy=fsdp")
+    assert max_relative_diff(model_state(one), model_state(fsdp)) < RELATIVE
+
+
+@pytest.mark.slow
 def test_context_groups_compose_with_data_parallelism(runs):
     """4 ranks = 2 data-parallel groups x 2 context ranks, batches of B/2 per group, end where one
     process does on batches of B: the groups read disjoint halves of each global batch."""
