@@ -43,10 +43,10 @@ from ssm_train.paths import project_file, search_roots
 
 if TYPE_CHECKING:
     import lightning as L
-
-    from ssm_train.ops.context import ContextGroup
     from torch import nn
     from torch.distributed.device_mesh import DeviceMesh
+
+    from ssm_train.ops.context import ContextGroup
 
 DEEPSPEED = ("deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3",
              "deepspeed_stage_3_offload")

@@ -168,12 +168,9 @@ class SequenceTask(L.LightningModule):
         import torch.distributed as dist
 
         w = self.loss_weight(batch).to(loss.dtype)
-        total = w.clone()
-        dist.all_reduce(total, group=self.context.group)
-        weighted = loss * (w * self.context.size / total)
-        logged = weighted.detach().clone()
-        dist.all_reduce(logged, group=self.context.group)
-        return weighted, logged / self.context.size
+        sums = torch.stack([w, loss.detach() * w])  # one collective: Σw and Σ w_r·loss_r
+        dist.all_reduce(sums, group=self.context.group)
+        return loss * (w * self.context.size / sums[0]), sums[1] / sums[0]
 
     # ----- steps
     def loss_and_outputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

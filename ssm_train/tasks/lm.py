@@ -36,8 +36,7 @@ class LanguageModelTask(SequenceTask):
 
     def update_metrics(self, stage: str, logits: Tensor, batch: dict[str, Tensor], loss: Tensor) -> None:
         targets = batch["targets"]
-        n_tokens = (targets != self.spec["ignore_index"]).sum()
-        self.loss_mean[stage].update(loss.detach(), weight=n_tokens)
+        self.loss_mean[stage].update(loss.detach(), weight=self.loss_weight(batch))
         self.acc[stage].update(logits.flatten(0, 1), targets.flatten())
         self.log(f"{stage}/acc", self.acc[stage], prog_bar=stage == "val")
 
