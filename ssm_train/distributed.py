@@ -167,7 +167,7 @@ def context_group(size: int) -> ContextGroup:
                           "(trainer.devices x trainer.num_nodes)")
     mine = None
     for first in range(0, world, size):
-        group = dist.new_group(list(range(first, first + size)))
+        group = dist.new_group(list(range(first, first + size)), timeout=collective_timeout())
         if first <= rank < first + size:
             mine = group
     return ContextGroup.of(mine)

@@ -14,7 +14,10 @@ not a rank, and says nothing about the run. Here:
   Peers on other hosts cannot be checked from here; they are listed as such.
 - :func:`collective_timeout`: collectives fail after ``SSM_TRAIN_COLLECTIVE_TIMEOUT`` seconds
   (default 600, NCCL's default; gloo's own is 1800), so that a peer that hangs without closing its
-  sockets (stopped, lost network) does not stall the others for half an hour.
+  sockets (stopped, lost network) does not stall the others for half an hour. Joining the process
+  group is not a collective: ranks start seconds to minutes apart (rank zero launches the others,
+  which import everything again), so the rendezvous waits ``RENDEZVOUS_TIMEOUT`` (30 min) however
+  short the collective timeout is.
 - :class:`ReportingDDPStrategy`: Lightning's launcher of ``trainer.devices=N`` (rank zero starts
   ranks 1..N-1) also starts a thread that, within 5 s of a rank exiting with an error, SIGKILLs
   rank zero too, so rank zero could die silently before printing anything. Its thread here
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
 
 TIMEOUT_ENV = "SSM_TRAIN_COLLECTIVE_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0
+RENDEZVOUS_TIMEOUT = timedelta(minutes=30)  # gloo's default; a rank that never joins fails after this
 RANKS_FILE = "ranks.json"
 GONE_WAIT_S = 2.0  # a killed peer's sockets close a moment before its pid stops running
 CHILD_EXIT_WAIT_S = 10.0  # ranks started here get this long to report and exit before they are killed
@@ -314,10 +318,30 @@ class ReportsLostRanks:
     """Mixin for a strategy that Lightning's subprocess launcher starts (``trainer.devices=N``): its
     observer thread leaves the reporting to the ranks (see the module doc). DDP and FSDP2 use it."""
 
+    _timeout: timedelta | None
+
     def _configure_launcher(self) -> None:
         super()._configure_launcher()  # type: ignore[misc]
         if type(self._launcher) is _SubprocessScriptLauncher:
             self._launcher = ReportingLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+
+    def setup_distributed(self) -> None:  # DDPStrategy's
+        self._join(super().setup_distributed)  # type: ignore[misc]
+
+    def _setup_distributed(self) -> None:  # ModelParallelStrategy's
+        self._join(super()._setup_distributed)  # type: ignore[misc]
+
+    def _join(self, init: Callable[[], None]) -> None:
+        """Joins the process group with :data:`RENDEZVOUS_TIMEOUT`, then sets the collective timeout on it."""
+        import torch.distributed as dist
+
+        collective = self._timeout or collective_timeout()
+        self._timeout = max(collective, RENDEZVOUS_TIMEOUT)
+        try:
+            init()
+        finally:
+            self._timeout = collective
+        dist.distributed_c10d._set_pg_timeout(collective)  # private, but the one way since torch 2.2
 
 
 class ReportingDDPStrategy(ReportsLostRanks, DDPStrategy):

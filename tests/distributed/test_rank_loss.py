@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ STEP = 4  # the step the rank is lost in; last.ckpt is saved every 3 steps, so t
 TWO = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.log_every_n_steps=1"]
 ENTRY = [sys.executable, str(Path(__file__).resolve())]
 PR_SET_CHILD_SUBREAPER = 36
+TIMEOUT = "SSM_TRAIN_COLLECTIVE_TIMEOUT"
 EXIT_BOUND_S = 30.0  # measured: ~1.5 s after a kill, ~5 s + 10 s (the timeout, then the stopped rank is ended)
 
 
@@ -74,10 +76,10 @@ def logged_steps(run: Path) -> list[int]:
         return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
 
 
-def lost_at(out: str) -> tuple[float, float]:
+def lost_at(out: str, err: str) -> tuple[float, float]:
     """(time the rank was lost, time the test saw every rank gone) from the entry point's line."""
     m = re.search(r"SSM_TEST lost rank \d+ at ([0-9.]+)", out)
-    assert m, out[-3000:]
+    assert m, f"the rank was never lost; stderr ends:\n{err[-3000:]}"
     return float(m.group(1)), time.time()
 
 
@@ -95,7 +97,7 @@ def test_a_killed_rank_is_named_by_the_survivor_and_a_rerun_resumes(runs, refere
     with subreaper():
         proc = runs.start(name, *TWO, entry=ENTRY, env=lose(lost))
         out, err = proc.communicate(timeout=180)  # EOF: every rank has exited (both write to the pipes)
-        killed_at, gone_at = lost_at(out)
+        killed_at, gone_at = lost_at(out, err)
         pids = ranks(runs.dir / name)
         # rank zero's status from Popen; rank 1's from waitpid when it is the (adopted) survivor, else
         # rank zero (its parent) reaps it and says how it ended in the message.
@@ -125,7 +127,7 @@ def test_a_killed_fsdp_rank_is_named_too(runs) -> None:
     fsdp = ["trainer.devices=2", "trainer.strategy=fsdp", "trainer.log_every_n_steps=1"]
     proc = runs.start("fsdp-kill1", *fsdp, entry=ENTRY, env=lose(1))
     out, err = proc.communicate(timeout=150)
-    killed_at, gone_at = lost_at(out)
+    killed_at, gone_at = lost_at(out, err)
     pid = ranks(runs.dir / "fsdp-kill1")[1]
     assert proc.returncode == 1 and gone_at - killed_at < EXIT_BOUND_S, err[-3000:]
     assert (f"ssm-train fit: rank 1 (host {socket.gethostname()}, pid {pid}, killed by SIGKILL) was lost at "
@@ -140,7 +142,7 @@ def test_a_stopped_rank_times_out_the_collective_and_is_ended(runs) -> None:
     proc = runs.start("stopped", *TWO, entry=ENTRY, env={**lose(1, "SIGSTOP"),
                                                              "SSM_TRAIN_COLLECTIVE_TIMEOUT": "5"})
     out, err = proc.communicate(timeout=150)
-    stopped_at, gone_at = lost_at(out)
+    stopped_at, gone_at = lost_at(out, err)
     pid = ranks(runs.dir / "stopped")[1]
     print(f"rank 0 exited {gone_at - stopped_at:.2f} s after rank 1 stopped (run took {gone_at - started:.0f} s)")
     assert proc.returncode == 1, err[-3000:]
@@ -166,6 +168,54 @@ def test_the_collective_timeout_comes_from_the_environment(monkeypatch) -> None:
     monkeypatch.setenv("SSM_TRAIN_COLLECTIVE_TIMEOUT", "soon")
     with pytest.raises(ConfigError, match="SSM_TRAIN_COLLECTIVE_TIMEOUT"):
         build_strategy(cfg)
+
+
+def _join_late(rank: int, port: int, results) -> None:
+    """Rank 1 joins 3 s after rank zero, longer than the 1 s collective timeout; then rank 1 is 4 s late
+    to an all_reduce, which must time out on rank zero after about 1 s."""
+    import torch.distributed as dist
+
+    from ssm_train.faults import ReportingDDPStrategy
+
+    os.environ[TIMEOUT] = "1"
+    strategy = ReportingDDPStrategy(process_group_backend="gloo", timeout=timedelta(seconds=1))
+    time.sleep(3.0 * rank)
+    strategy._join(lambda: dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                                    world_size=2, timeout=strategy._timeout))
+    joined = strategy._timeout.total_seconds()
+    time.sleep(4.0 * rank)
+    started = time.monotonic()
+    try:
+        dist.all_reduce(torch.ones(1))
+        outcome = "completed"
+    except RuntimeError as e:
+        outcome = f"failed: {e}"
+    results.put((rank, joined, outcome, time.monotonic() - started))
+
+
+@pytest.mark.timeout(60)
+def test_ranks_join_however_short_the_collective_timeout_and_collectives_then_keep_it() -> None:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_join_late, args=(r, port, results)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    got = {}
+    for _ in procs:
+        rank, joined, outcome, took = results.get(timeout=50)
+        got[rank] = (joined, outcome, took)
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
+    assert got[0][0] == got[1][0] == 1.0, got  # the strategy's collective timeout is back after joining
+    assert got[0][1].startswith("failed") and "timed out" in got[0][1].lower(), got
+    assert got[0][2] < 3.5, got  # the collective's 1 s, not the rendezvous's 30 min
 
 
 # ------------------------------------------------------------------ the CLI, losing a rank
