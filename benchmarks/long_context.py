@@ -64,6 +64,10 @@ def set_width(width: int) -> None:
     KINDS["lru"] = (width, None)
 
 
+def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
+
+
 def rss_kb() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
@@ -83,7 +87,7 @@ def one(kind: str, L: int, policy: str, chunk: int, steps: int, group=None) -> d
     times = []
     for i in range(steps + 1):
         t0 = time.perf_counter()
-        loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+        loss = model(inputs, targets=targets, loss_fn=token_loss) / L  # as training: chunked with `chunk`
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

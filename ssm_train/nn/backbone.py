@@ -13,6 +13,8 @@ the recurrences use their own eigenvalue inits; every other layer keeps PyTorch'
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -26,9 +28,10 @@ from ssm_train.ops.context import GroupLike
 HEADS = ("lm", "classify", "regress")
 POOLINGS = ("mean", "last")
 # activation checkpointing: none; block (keep each block's input, recompute the block in the
-# backward: the activations of one block alive instead of n_layers); chunk (run the stack over
-# time chunks of checkpoint_chunk steps, passing the recurrent states between them, and recompute
-# one chunk at a time: activation memory of one chunk, whatever the sequence length)
+# backward: the activations of one block alive instead of n_layers); chunk (run the stack and the
+# final norm over time chunks of checkpoint_chunk steps, passing the recurrent states between them,
+# and recompute one chunk at a time: activation memory of one chunk, whatever the sequence length;
+# `head_loss` does the same for the head and the loss, so that the logits are never whole)
 CHECKPOINTING = ("none", "block", "chunk")
 
 
@@ -124,12 +127,15 @@ class Backbone(nn.Module):
         if state is not None and resets is not None:
             state = [zero_rows(s, resets[:, 0]) for s in state]
         h = self.dropout(self.encoder(x))
-        if self.checkpointing == "chunk" and torch.is_grad_enabled():
+        if self._chunked():
             h, states = self._chunked_blocks(h, resets, state)
         else:
             h, states = self._blocks(h, resets, state, return_state, self.checkpointing == "block")
-        h = self.norm_f(h)
+            h = self.norm_f(h)
         return (h, states) if return_state else h
+
+    def _chunked(self) -> bool:
+        return self.checkpointing == "chunk" and torch.is_grad_enabled()
 
     def _blocks(self, h: Tensor, resets: Tensor | None, state: list | None, return_state: bool = True,
                 block_checkpoint: bool = False) -> tuple[Tensor, list]:
@@ -151,21 +157,50 @@ class Backbone(nn.Module):
         outs = []
         for s in range(0, h.shape[1], C):
             r = None if resets is None else resets[:, s:s + C]
-            y, state = checkpoint(self._blocks, h[:, s:s + C], r, state, use_reentrant=False)
+            y, state = checkpoint(self._normed_blocks, h[:, s:s + C], r, state, use_reentrant=False)
             outs.append(y)
         return torch.cat(outs, 1), state
 
+    def _normed_blocks(self, h: Tensor, resets: Tensor | None, state: list | None) -> tuple[Tensor, list]:
+        h, state = self._blocks(h, resets, state)
+        return self.norm_f(h), state
+
+    def _head_loss(self, h: Tensor, targets: Tensor | None, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        """``loss_fn(head(h), targets)`` for a per-position head (lm, regress), ``loss_fn`` a sum
+        over positions. With checkpointing='chunk' (and gradients on) it is the sum over time
+        chunks, each recomputed in the backward, so that the [B, L, d_output] outputs and their
+        gradient are never whole: at L = 65536 with a 50k vocabulary they would be 13 GB each."""
+        if self.head_kind == "classify" or targets is None or targets.shape[:2] != h.shape[:2]:
+            raise ValueError(f"loss_fn needs a per-position head (lm or regress), got {self.head_kind!r}, and "
+                             f"targets [B, L, ...] = {tuple(h.shape[:2])}, got "
+                             f"{None if targets is None else tuple(targets.shape)}")
+        if not self._chunked():
+            return loss_fn(self.head(h), targets)
+        C = self.checkpoint_chunk
+        parts = [checkpoint(self._chunk_loss, h[:, s:s + C], targets[:, s:s + C], loss_fn, use_reentrant=False)
+                 for s in range(0, h.shape[1], C)]
+        return torch.stack(parts).sum()
+
+    def _chunk_loss(self, h: Tensor, targets: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        return loss_fn(self.head(h), targets)
+
     def forward(self, x: Tensor, mask: Tensor | None = None, resets: Tensor | None = None,
-                state: list | None = None, return_state: bool = False) -> Tensor | tuple[Tensor, list]:
+                state: list | None = None, return_state: bool = False, targets: Tensor | None = None,
+                loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor | tuple[Tensor, list]:
         """lm: [B, L, vocab]; regress: [B, L, d_output]; classify: [B, d_output].
 
         mask [B, L] (bool, True = real token) only affects classify pooling; each row needs one
         True. With pooling='last' the last True position is used. ``resets``, ``state`` and
-        ``return_state`` as in `features` (sequence heads only).
+        ``return_state`` as in `features` (sequence heads only). With ``loss_fn`` (a sum over
+        positions) and ``targets``: ``loss_fn(outputs, targets)`` instead of the outputs, see
+        `_head_loss` (a call of the module, so that FSDP2's hooks on it run).
         """
         out = self.features(x, resets, state, return_state)
         h, state = out if return_state else (out, None)
-        y = self.head(h) if self.head_kind != "classify" else self.head(self.pool(h, mask))
+        if loss_fn is not None:
+            y = self._head_loss(h, targets, loss_fn)
+        else:
+            y = self.head(h) if self.head_kind != "classify" else self.head(self.pool(h, mask))
         return (y, state) if return_state else y
 
     def pool(self, h: Tensor, mask: Tensor | None = None) -> Tensor:

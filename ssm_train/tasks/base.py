@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,16 +85,19 @@ class SequenceTask(L.LightningModule):
         return self.model(inputs, mask=mask) if mask is not None else self.model(inputs)
 
     # ----- sequences: document resets and the state carried from window to window
-    def run_model(self, batch: dict[str, Tensor]) -> Tensor:
-        """The model on a batch of windows: with the batch's ``resets`` (document starts), and
-        with ``model.carry_state`` from the states the previous batch of this stage left (the
-        same rows continue the same streams: data.window_sampling=contiguous); those states are
-        detached, so gradients stop at the window boundary (truncated BPTT)."""
-        resets = batch.get("resets")
+    def run_model(self, batch: dict[str, Tensor], loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
+        """The model's outputs on a batch of windows (with ``loss_fn``: the summed loss against
+        the batch's targets, chunked with trainer.activation_checkpointing=chunk): with the
+        batch's ``resets`` (document starts), and with ``model.carry_state`` from the states the
+        previous batch of this stage left (the same rows continue the same streams:
+        data.window_sampling=contiguous); those states are detached, so gradients stop at the
+        window boundary (truncated BPTT)."""
+        kw = {"resets": batch.get("resets")}
+        if loss_fn is not None:
+            kw |= {"targets": batch["targets"], "loss_fn": loss_fn}
         if not self.cfg.model.carry_state:
-            return self.model(batch["inputs"], resets=resets)
-        out, state = self.model(batch["inputs"], resets=resets, state=self._carried.get(self._stage),
-                                return_state=True)
+            return self.model(batch["inputs"], **kw)
+        out, state = self.model(batch["inputs"], state=self._carried.get(self._stage), return_state=True, **kw)
         self._carried[self._stage] = detach_state(state)
         return out
 

@@ -24,12 +24,19 @@ class LanguageModelTask(SequenceTask):
             self.add_module(f"{s}_loss_mean", self.loss_mean[s])
             self.add_module(f"{s}_acc", self.acc[s])
 
-    def loss_and_outputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def loss_and_outputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """Mean next-token cross-entropy and the logits; in training the loss alone, which the
+        model computes in time chunks under chunk checkpointing (the logits are never whole)."""
+        if self._stage == "train":
+            return self.run_model(batch, loss_fn=self.token_loss) / self.loss_weight(batch).clamp_min(1), None
         logits = self.run_model(batch)
-        # sum / count rather than reduction="mean": a context-parallel slice may hold no target
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(),
+        return self.token_loss(logits, batch["targets"]) / self.loss_weight(batch).clamp_min(1), logits
+
+    def token_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Σ cross-entropy over the targets not ignored (sum, not mean: a context-parallel slice or
+        a time chunk may hold none)."""
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
                                ignore_index=self.spec["ignore_index"], reduction="sum")
-        return loss / self.loss_weight(batch).clamp_min(1), logits
 
     def loss_weight(self, batch: dict[str, Tensor]) -> Tensor:
         return (batch["targets"] != self.spec["ignore_index"]).sum()

@@ -219,6 +219,33 @@ def test_time_chunked_checkpointing_equals_the_whole_sequence(variant, with_stat
     assert_close(results[1][1], results[0][1])
 
 
+@pytest.mark.parametrize("policy", ["none", "block", "chunk"])
+def test_a_loss_in_the_forward_is_the_loss_of_the_outputs_chunked_or_not(policy):
+    """forward(targets=, loss_fn=) (what training calls): under chunk checkpointing the head and
+    the loss run per time chunk (5 steps over 24, an ignored target in some chunks), with the
+    same loss, gradients and carried state as the loss of the whole outputs without checkpointing."""
+    x, r = tokens(), resets_of(DOCS)
+    y = tokens(seed=3)
+    y[0, 2] = y[1, 20] = -100
+
+    def loss_fn(logits, targets):
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
+
+    m = model("lru", checkpointing=policy, checkpoint_chunk=5)
+    got, got_state = m(x, resets=r, return_state=True, targets=y, loss_fn=loss_fn)
+    got.backward()
+    got_g = grads(m)
+    ref = model("lru")
+    logits, want_state = ref(x, resets=r, return_state=True)
+    want = loss_fn(logits, y)
+    want.backward()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert_close(got_g, grads(ref))
+    torch.testing.assert_close(detach_state(got_state), detach_state(want_state), rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="targets"):
+        m(x, loss_fn=loss_fn)
+
+
 def test_chunk_checkpointing_refuses_models_without_a_carried_state():
     for kw in ({"variant": "transformer"}, {"variant": "lru", "bidirectional": True}):
         with pytest.raises(ValueError, match="needs a causal recurrent model"):
