@@ -42,6 +42,7 @@ import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from ssm_train import cpu_memory  # noqa: E402
 from ssm_train.nn import Backbone, get_layer, mixer_factory  # noqa: E402
 from ssm_train.ops.context import ContextGroup, split_sequence  # noqa: E402
 
@@ -76,6 +77,8 @@ def rss_kb() -> int:
 def one(kind: str, L: int, policy: str, chunk: int, steps: int, group=None) -> dict:
     """Time `steps` training steps (after one warm-up) in this process; peak memory in MB. With
     ``group``: this rank's slice of the sequence, scanned over the group (context parallelism)."""
+    if policy == "chunk":
+        cpu_memory.return_freed_blocks()  # as `ssm-train fit` does under chunk checkpointing
     model = build(kind, policy, chunk)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, VOCAB, (1, L + 1), generator=torch.Generator().manual_seed(1))

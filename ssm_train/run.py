@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Th
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from ssm_train import checkpoint
+from ssm_train import checkpoint, cpu_memory
 from ssm_train.callbacks import SpectrumPlot
 from ssm_train.atomic import atomic_write_text
 from ssm_train.checkpoint import AtomicCheckpointIO, CheckpointError, checkpoint_mtime
@@ -215,6 +215,8 @@ def sweep_agent_name(cfg: Config) -> None:
 def fit(cfg: Config, callbacks: Sequence[L.Callback] = ()) -> FitResult:
     """Train (resuming per ``checkpoint.resume``), save last.ckpt, validate; the final metrics."""
     sweep_agent_name(cfg)
+    if cfg.trainer.activation_checkpointing == "chunk":
+        cpu_memory.return_freed_blocks()  # what chunk checkpointing frees leaves the resident set
     datamodule, task = build_data_and_task(cfg)
     explicit = cfg.checkpoint.resume not in ("auto", "none")
     if explicit:  # a checkpoint named by the user is checked before anything is written
