@@ -53,14 +53,14 @@ def test_freed_blocks_go_back_to_the_system_unless_the_user_chose():
     assert held["user's threshold"] > 150, held
 
 
-def test_fit_fixes_the_threshold_only_under_chunk_checkpointing(tmp_path, monkeypatch):
+def test_fit_fixes_the_threshold_only_for_sequences_of_several_chunks(tmp_path, monkeypatch):
     from tests.tasks.test_resume import config
 
     from ssm_train.run import fit
 
     calls = []
     monkeypatch.setattr(cpu_memory, "return_freed_blocks", lambda *a: calls.append(a) or True)
-    for policy in ("none", "block", "chunk"):
-        fit(config(tmp_path, policy, f"trainer.activation_checkpointing={policy}", "trainer.max_steps=2",
-                   "model.dropout=0.0"))
+    for policy, chunk in (("none", 8), ("block", 8), ("chunk", 24), ("chunk", 8)):  # data.seq_len=24
+        fit(config(tmp_path, f"{policy}{chunk}", f"trainer.activation_checkpointing={policy}",
+                   f"trainer.checkpoint_chunk={chunk}", "trainer.max_steps=2", "model.dropout=0.0"))
     assert calls == [()]

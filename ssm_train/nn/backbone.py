@@ -31,7 +31,7 @@ POOLINGS = ("mean", "last")
 # backward: the activations of one block alive instead of n_layers); chunk (run the stack and the
 # final norm over time chunks of checkpoint_chunk steps, passing the recurrent states between them,
 # and recompute one chunk at a time: activation memory of one chunk, whatever the sequence length;
-# `head_loss` does the same for the head and the loss, so that the logits are never whole)
+# forward(targets=, loss_fn=) does the same for the head and the loss: the logits are never whole)
 CHECKPOINTING = ("none", "block", "chunk")
 
 
