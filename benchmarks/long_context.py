@@ -7,10 +7,11 @@
 
 One step = forward + backward + AdamW of a 2-layer language model (byte vocabulary, d_model 256)
 on one random sequence of L tokens, for each layer kind (lru: N = 256; s4d: 32 complex modes, FFT
-convolution; selective: N = 16, expand 2, fused scan), each activation-checkpointing policy
-(trainer.activation_checkpointing: none | block | chunk, chunks of --chunk steps) and each
-context-parallel size (--cp: the sequence split over that many gloo processes of --threads
-threads each, as trainer.context_parallel does). Every row runs in fresh processes, so that its
+convolution; s4d_scan, only when --kinds names it: the same as its recurrence; selective: N = 16,
+expand 2, fused scan), each activation-checkpointing policy (trainer.activation_checkpointing:
+none | block | chunk, chunks of --chunk steps) and each context-parallel size (--cp: the
+sequence split over that many gloo processes of --threads threads each, as
+trainer.context_parallel does). Every row runs in fresh processes, so that its
 peak memory (growth of the peak resident set over the size before the first step, summed over
 the ranks) is its own.
 
@@ -47,11 +48,12 @@ from ssm_train.nn import Backbone, get_layer, mixer_factory  # noqa: E402
 from ssm_train.ops.context import ContextGroup, split_sequence  # noqa: E402
 
 VOCAB, D_MODEL, N_LAYERS = 256, 256, 2
-KINDS = {"lru": (256, None), "s4d": (32, {"mode": "conv"}), "selective": (16, None)}
+KINDS = {"lru": (256, None), "s4d": (32, {"mode": "conv"}), "s4d_scan": (32, {"mode": "scan"}), "selective": (16, None)}
 
 
 def build(kind: str, policy: str, chunk: int) -> Backbone:
     d_state, fields = KINDS[kind]
+    kind = kind.removesuffix("_scan")  # s4d_scan: S4D as its recurrence
     config = get_layer(kind).config_cls(**fields) if fields else None
     torch.manual_seed(0)
     return Backbone(vocab_size=VOCAB, d_model=D_MODEL, n_layers=N_LAYERS, mixer=mixer_factory(kind, d_state, config),

@@ -1,7 +1,9 @@
 """ssm-train: train deep linear diagonal recurrences followed by position-wise MLPs."""
 
-from ssm_train import cpu_memory
+import os
 
-cpu_memory.use_huge_pages()  # large CPU tensors on transparent huge pages: see ssm_train/cpu_memory.py
+# Large CPU tensors on transparent huge pages (why and what it measured: ssm_train/cpu_memory.py).
+# Set here rather than by importing that module, so that importing the package loads nothing else.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 __version__ = "0.1.0"

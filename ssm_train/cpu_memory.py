@@ -1,7 +1,7 @@
 """How CPU memory behaves under a long sequence's activations: two settings of the C allocators
 that PyTorch's CPU tensors come from. Each yields to a value the user set in the environment.
 
-- :func:`use_huge_pages` (on ``import ssm_train``): ``THP_MEM_ALLOC_ENABLE=1``, PyTorch puts
+- ``import ssm_train`` (its ``__init__``) sets ``THP_MEM_ALLOC_ENABLE=1``: PyTorch puts
   tensors of 2 MB or more on transparent huge pages. glibc maps fresh 4 KB pages for every
   allocation of 32 MB or more, and a long sequence's activations are such allocations, written
   once per step; page faults then made an LRU token at L=65536 cost 1.8x one at L=1024 (1.2x with
@@ -27,10 +27,6 @@ import sys
 
 M_MMAP_THRESHOLD = -3  # glibc's <malloc.h>
 CHUNK_MMAP_THRESHOLD = 256 << 10  # bytes: blocks of 256 KB or more are mapped, and unmapped when freed
-
-
-def use_huge_pages() -> None:
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
 def return_freed_blocks(nbytes: int = CHUNK_MMAP_THRESHOLD) -> bool:
