@@ -1,7 +1,7 @@
 """Reset versus carried state (truncated BPTT) on E. coli and Austen, at equal steps and tokens.
 
     python scripts/carried_state_experiment.py --out results/carried_state            # full (36 min on 2 cores)
-    python scripts/carried_state_experiment.py --quick --out results/carried_state_q  # small (< 10 min)
+    python scripts/carried_state_experiment.py --quick --out results/carried_state_q  # smaller models, 1000 steps (not timed)
 
 For each corpus (``ecoli``: configs/experiment/dna_ecoli.yaml, ``austen``: text_austen.yaml) two
 models are trained with one config, seed, number of steps, batch size and a deliberately short
@@ -476,7 +476,7 @@ def machine() -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="small models, 1000 steps (< 10 min on 2 cores)")
+    size.add_argument("--quick", action="store_true", help="small models, 1000 steps")
     size.add_argument("--toy", action="store_true", help="a tiny run for tests (seconds)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "carried_state", help="output folder")
     p.add_argument("--corpora", nargs="+", choices=list(CORPORA), default=list(CORPORA))
