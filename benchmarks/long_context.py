@@ -79,8 +79,7 @@ def rss_kb() -> int:
 def one(kind: str, L: int, policy: str, chunk: int, steps: int, group=None) -> dict:
     """Time `steps` training steps (after one warm-up) in this process; peak memory in MB. With
     ``group``: this rank's slice of the sequence, scanned over the group (context parallelism)."""
-    if policy == "chunk" and L > chunk:
-        cpu_memory.return_freed_blocks()  # as `ssm-train fit` does for sequences of several chunks
+    cpu_memory.for_checkpointing(policy, L, chunk)  # as `ssm-train fit` does
     model = build(kind, policy, chunk)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, VOCAB, (1, L + 1), generator=torch.Generator().manual_seed(1))

@@ -15,7 +15,8 @@ that PyTorch's CPU tensors come from. Each yields to a value the user set in the
   live block sits above them. Chunk checkpointing allocates and frees such blocks chunk after
   chunk: at L=65536 (LRU, d_model 256, 4096-step chunks) that held the peak resident memory of a
   step at 1145 MB, 633 MB with the threshold fixed (no checkpointing: 2782 MB), for 1.04x the
-  time. Not for every run: mapping each block afresh costs page faults where the heap would have
+  time that morning; later the same day the fresh pages cost more (L=16384: LRU 1.4x, S4D 1.6x
+  the time of glibc's default; docs/RESULTS.md). Not for every run: mapping each block afresh costs page faults where the heap would have
   reused it (1-MB chunks took 2.2x the time, and a 1024-token sequence, one chunk, 2.3x).
 """
 
@@ -38,3 +39,9 @@ def return_freed_blocks(nbytes: int = CHUNK_MMAP_THRESHOLD) -> bool:
         return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, nbytes))
     except (OSError, AttributeError):
         return False
+
+
+def for_checkpointing(policy: str, seq_len: int, checkpoint_chunk: int) -> bool:
+    """`return_freed_blocks` where it pays: chunk checkpointing of sequences longer than one chunk
+    (the rule of the module docstring, for `fit` and the benchmark alike); True if applied."""
+    return policy == "chunk" and seq_len > checkpoint_chunk and return_freed_blocks()

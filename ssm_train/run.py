@@ -215,8 +215,8 @@ def sweep_agent_name(cfg: Config) -> None:
 def fit(cfg: Config, callbacks: Sequence[L.Callback] = ()) -> FitResult:
     """Train (resuming per ``checkpoint.resume``), save last.ckpt, validate; the final metrics."""
     sweep_agent_name(cfg)
-    if cfg.trainer.activation_checkpointing == "chunk" and cfg.data.seq_len > cfg.trainer.checkpoint_chunk:
-        cpu_memory.return_freed_blocks()  # what one chunk frees leaves the resident set before the next
+    # what one chunk frees leaves the resident set before the next
+    cpu_memory.for_checkpointing(cfg.trainer.activation_checkpointing, cfg.data.seq_len, cfg.trainer.checkpoint_chunk)
     datamodule, task = build_data_and_task(cfg)
     explicit = cfg.checkpoint.resume not in ("auto", "none")
     if explicit:  # a checkpoint named by the user is checked before anything is written

@@ -175,7 +175,7 @@ class Backbone(nn.Module):
                              f"targets [B, L, ...] = {tuple(h.shape[:2])}, got "
                              f"{None if targets is None else tuple(targets.shape)}")
         if not self._chunked():
-            return loss_fn(self.head(h), targets)
+            return self._chunk_loss(h, targets, loss_fn)
         C = self.checkpoint_chunk
         parts = [checkpoint(self._chunk_loss, h[:, s:s + C], targets[:, s:s + C], loss_fn, use_reentrant=False)
                  for s in range(0, h.shape[1], C)]

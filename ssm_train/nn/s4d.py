@@ -44,7 +44,7 @@ from ssm_train.nn.init import (
 from ssm_train.nn.registry import LayerConfig, LayerContext, register_layer
 from ssm_train.nn.state import last_state, zero_rows
 from ssm_train.ops.backend import at_least_float32, autocast_off
-from ssm_train.ops.conv import fft_conv, vandermonde_kernel, vandermonde_state
+from ssm_train.ops.conv import fft_conv, vandermonde_kernel, vandermonde_powers, vandermonde_state
 from ssm_train.nn.context import active, refuse_state, sequence_scan
 from ssm_train.ops.context import combine_over_ranks, decay_product
 from ssm_train.ops.scan import linear_scan
@@ -170,24 +170,22 @@ class S4D(nn.Module):
     def _conv(self, u: Tensor, state: Tensor | None, return_state: bool) -> Tensor | tuple[Tensor, Tensor]:
         Bsz, L, H = u.shape
         with autocast_off(u.device.type):
-            y = fft_conv(u, self.kernel(L), reverse=self.reverse) + self.D * u
-            if state is None and not return_state:
-                return y
             lam, B_bar = self.discrete()
+            powers = vandermonde_powers(lam, L)  # one pair for the kernel, the free response and the state
+            y = fft_conv(u, vandermonde_kernel(lam, self.C() * B_bar, L, powers), reverse=self.reverse) + self.D * u
             if state is not None:
-                y = y + self._free_response(lam, state, L)
+                y = y + self._free_response(lam, state, L, powers)
             if not return_state:
                 return y
-            x_last = B_bar * vandermonde_state(lam, at_least_float32(u))
+            x_last = B_bar * vandermonde_state(lam, at_least_float32(u), powers)
             if state is not None:
                 x_last = x_last + lam ** L * state.to(lam.dtype)
             return y, x_last
 
-    def _free_response(self, lam: Tensor, x0: Tensor, L: int) -> Tensor:
+    def _free_response(self, lam: Tensor, x0: Tensor, L: int, powers: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """[B, L, H]: the output of a state x₀ [B, H, N] with no input, y_t = 2 Re Σ_n C λ^(t+1) x₀."""
-        Bsz, H, _ = x0.shape
-        W = (self.C() * lam * x0.to(lam.dtype)).reshape(Bsz * H, -1)
-        return vandermonde_kernel(lam.repeat(Bsz, 1), W, L).view(Bsz, H, L).transpose(1, 2)
+        W = self.C() * lam * x0.to(lam.dtype)  # [B, H, N]: one weighting of λ's powers per row
+        return vandermonde_kernel(lam, W, L, powers).transpose(1, 2)
 
     def _context_conv(self, u: Tensor, resets: Tensor | None) -> Tensor:
         """The convolution on this rank's slice: the local convolution from zero, plus the free

@@ -16,10 +16,11 @@ import math
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ssm_train.ops.backend import at_least_float32, autocast_off
 
-__all__ = ["vandermonde_kernel", "fft_conv"]
+__all__ = ["vandermonde_kernel", "vandermonde_powers", "vandermonde_state", "fft_conv"]
 
 
 def _powers(z: Tensor, n: int) -> Tensor:
@@ -28,25 +29,72 @@ def _powers(z: Tensor, n: int) -> Tensor:
     return steps.cumprod(dim=-1)
 
 
-def vandermonde_kernel(lam: Tensor, W: Tensor, L: int) -> Tensor:
-    """K [H, L] with K_hl = 2 Re Σ_n W_hn λ_hn^l, for λ, W complex [H, N].
+class _VandermondePowers(torch.autograd.Function):
+    """near = (λ^q)_{q<T}, far = (λ^(pT))_{p<P} by cumulative products in double precision, with
+    the derivative d λ^l / dλ = l λ^(l-1) written out in the backward: autograd through the
+    cumulative products (a reversed cumsum, a division and copies per product) took 5x the
+    forward, most of an S4D chunk's time under chunk checkpointing. For complex λ the gradient is
+    PyTorch's conjugate one, Σ_l g_l · conj(l λ^(l-1)); λ^(l-1) is a saved power (no division by λ)."""
 
-    Each l = pT + q (T = ⌈√L⌉) factors as λ^l = (λ^T)^p λ^q: the powers are two cumulative
-    products of length ~√L in float64 ([H, N, T] and [H, N, P]), exact to float64 rounding even
-    at |λ| = 0.9999 and L = 10⁵, and the sum over n is one batched matmul [H, P, N] @ [H, N, T] in
-    the working precision. The [H, N, L] Vandermonde matrix is never formed.
+    @staticmethod
+    def forward(ctx, lam: Tensor, T: int, P: int) -> tuple[Tensor, Tensor]:
+        wide = torch.complex128 if lam.is_complex() else torch.float64
+        lam64 = lam.to(wide)
+        near = _powers(lam64, T)
+        far = _powers(near[..., -1] * lam64, P)
+        ctx.save_for_backward(near, far)
+        ctx.dtype = lam.dtype
+        return near.to(lam.dtype), far.to(lam.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_near: Tensor | None, g_far: Tensor | None) -> tuple[Tensor | None, None, None]:
+        near, far = ctx.saved_tensors
+        T, P = near.shape[-1], far.shape[-1]
+        real = near.real.dtype
+        grad = torch.zeros_like(near[..., 0])
+        if g_near is not None and T > 1:  # near_q = λ^q: q λ^(q-1) = q near_(q-1)
+            q = torch.arange(1, T, dtype=real, device=near.device)
+            grad = grad + (g_near[..., 1:].to(near.dtype) * (q * near[..., :-1]).conj()).sum(-1)
+        if g_far is not None and P > 1:  # far_p = λ^(pT): pT λ^(pT-1) = pT far_(p-1) near_(T-1)
+            pT = T * torch.arange(1, P, dtype=real, device=near.device)
+            grad = grad + (g_far[..., 1:].to(near.dtype) * (pT * far[..., :-1] * near[..., -1:]).conj()).sum(-1)
+        return grad.to(ctx.dtype), None, None
+
+
+def vandermonde_powers(lam: Tensor, L: int) -> tuple[Tensor, Tensor]:
+    """(near [H, N, T] = λ^q for q < T, far [H, N, P] = λ^(pT) for p < P), T = ⌈√L⌉, P = ⌈L/T⌉:
+    every λ^l with l < L is a product far_p · near_q (l = pT + q). Two cumulative products of
+    length ~√L in float64, exact to float64 rounding even at |λ| = 0.9999 and L = 10⁵, returned
+    in λ's dtype (first derivatives only). One pair serves every Vandermonde product of one window
+    (`vandermonde_kernel`, `vandermonde_state`)."""
+    T = math.isqrt(max(L, 1) - 1) + 1  # ⌈√L⌉
+    P = -(-max(L, 1) // T)
+    return _VandermondePowers.apply(lam, T, P)
+
+
+def vandermonde_kernel(lam: Tensor, W: Tensor, L: int, powers: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """K [..., H, L] with K_hl = 2 Re Σ_n W_hn λ_hn^l, for λ complex [H, N] and W complex [..., H, N]
+    (leading dimensions: several weightings of the same λ, e.g. one per batch row).
+
+    With λ^l = far_p near_q (`vandermonde_powers`, given or computed), the sum over n is one
+    batched real matmul [..., H, P, 2N] @ [H, 2N, T] in the working precision; the [H, N, L]
+    Vandermonde matrix is never formed.
     """
     H, N = lam.shape
     if L == 0:
-        return lam.real.new_zeros(H, 0)
-    T = math.isqrt(L - 1) + 1  # ⌈√L⌉
-    P = -(-L // T)
-    lam64 = lam.to(torch.complex128)
-    near = _powers(lam64, T)  # λ^q, q < T
-    far = _powers(near[..., -1] * lam64, P)  # λ^(pT), p < P
-    near, far = near.to(lam.dtype), far.to(lam.dtype)
-    K = torch.bmm((W[..., None] * far).transpose(1, 2), near)  # [H, P, T]: l = pT + q
-    return 2 * K.real.reshape(H, P * T)[:, :L]
+        return lam.real.new_zeros(*W.shape[:-1], 0)
+    near, far = vandermonde_powers(lam, L) if powers is None else powers
+    P, T = far.shape[-1], near.shape[-1]
+    if P * T < L:
+        raise ValueError(f"powers for lengths up to {P * T} cannot give λ^l for l < {L}: use vandermonde_powers(lam, {L})")
+    Wf = W[..., None] * far  # [..., H, N, P]
+    # Re(Σ_n Wf_np near_nq) as one real matmul over 2N: half the work of the complex product
+    # (autocast off: in bf16 the kernel's long tail would be lost, as the FFT's would)
+    with autocast_off(lam.device.type):
+        K = torch.matmul(torch.cat([Wf.real, -Wf.imag], -2).transpose(-1, -2),
+                         torch.cat([near.real, near.imag], -2))  # [..., H, P, T]: l = pT + q
+    return 2 * K.reshape(*W.shape[:-1], P * T)[..., :L]
 
 
 def fft_conv(u: Tensor, K: Tensor, *, reverse: bool = False) -> Tensor:
@@ -70,28 +118,32 @@ def fft_conv(u: Tensor, K: Tensor, *, reverse: bool = False) -> Tensor:
     return y.transpose(1, 2)
 
 
-def vandermonde_state(lam: Tensor, u: Tensor) -> Tensor:
+def vandermonde_state(lam: Tensor, u: Tensor, powers: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """S [B, H, N] with S_bhn = Σ_j λ_hn^(L-1-j) u_bjh: the final state of x_k = λ x_{k-1} + u_k
     (before B̄) from a zero state, for λ complex [H, N] and u real [B, L, H].
 
-    The same √L factoring as `vandermonde_kernel` (l = L-1-j = pT + q): one batched matmul over
-    q ([B, H, P, T] @ [H, T, N]) and a sum over p, so the [H, N, L] power matrix is never formed
-    and the cost is that of one pass over u per mode, as in the recurrence, but in matmuls.
+    The same √L factoring as `vandermonde_kernel` (l = L-1-j = pT + q, the same ``powers``): one
+    batched real matmul over q ([H, B·P, T] @ [H, T, 2N]) and a sum over p, so the [H, N, L] power
+    matrix is never formed and the cost is that of one pass over u per mode, as in the
+    recurrence, but in matmuls.
     """
     Bsz, L, H = u.shape
     N = lam.shape[1]
     if L == 0:
         return torch.zeros(Bsz, H, N, dtype=lam.dtype, device=u.device)
-    T = math.isqrt(L - 1) + 1
-    P = -(-L // T)
-    lam64 = lam.to(torch.complex128)
-    near = _powers(lam64, T).to(lam.dtype)  # [H, N, T]: λ^q
-    far = _powers(_powers(lam64, T)[..., -1] * lam64, P).to(lam.dtype)  # [H, N, P]: λ^(pT)
-    v = u.flip(1).transpose(1, 2).to(lam.real.dtype)  # [B, H, L]: v_l = u_{L-1-l}
+    near, far = vandermonde_powers(lam, L) if powers is None else powers
+    P, T = far.shape[-1], near.shape[-1]
+    if P * T < L:
+        raise ValueError(f"powers for lengths up to {P * T} cannot give λ^l for l < {L}: use vandermonde_powers(lam, {L})")
+    v = u.flip(1).transpose(1, 2).to(lam.real.dtype).contiguous()  # [B, H, L]: v_l = u_{L-1-l}
+    # (contiguous: a zero pad returns its input, and bmm copies a strided one matrix by matrix)
     v = torch.nn.functional.pad(v, (0, P * T - L)).view(Bsz, H, P, T)
-    inner = torch.complex(  # [B, H, P, N] = Σ_q v_pq λ^q
-        torch.einsum("bhpq,hnq->bhpn", v, near.real), torch.einsum("bhpq,hnq->bhpn", v, near.imag))
-    return torch.einsum("bhpn,hnp->bhn", inner, far)
+    # [B, H, P, 2N] = Σ_q v_pq (Re λ^q, Im λ^q): one real bmm over the H channels
+    planes = torch.cat([near.real, near.imag], -2).transpose(-1, -2)  # [H, T, 2N]
+    with autocast_off(u.device.type):
+        inner = torch.bmm(v.transpose(0, 1).reshape(H, Bsz * P, T), planes).view(H, Bsz, P, 2 * N).transpose(0, 1)
+    inner = torch.complex(inner[..., :N], inner[..., N:])
+    return (inner * far.transpose(-1, -2)).sum(-2)  # Σ_p inner_pn λ^(pT)
 
 
 def same_segment(resets: Tensor, shift: int) -> Tensor:

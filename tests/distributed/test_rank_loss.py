@@ -33,7 +33,6 @@ STEP = 4  # the step the rank is lost in; last.ckpt is saved every 3 steps, so t
 TWO = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.log_every_n_steps=1"]
 ENTRY = [sys.executable, str(Path(__file__).resolve())]
 PR_SET_CHILD_SUBREAPER = 36
-TIMEOUT = "SSM_TRAIN_COLLECTIVE_TIMEOUT"
 EXIT_BOUND_S = 30.0  # measured: ~1.5 s after a kill, ~5 s + 10 s (the timeout, then the stopped rank is ended)
 
 
@@ -177,7 +176,6 @@ def _join_late(rank: int, port: int, results) -> None:
 
     from ssm_train.faults import ReportingDDPStrategy
 
-    os.environ[TIMEOUT] = "1"
     strategy = ReportingDDPStrategy(process_group_backend="gloo", timeout=timedelta(seconds=1))
     time.sleep(3.0 * rank)
     strategy._join(lambda: dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,

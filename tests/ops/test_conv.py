@@ -12,7 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssm_train.nn import S4D
-from ssm_train.ops.conv import causal_depthwise_conv, fft_conv, vandermonde_kernel, vandermonde_state
+from ssm_train.ops.conv import (
+    causal_depthwise_conv,
+    fft_conv,
+    vandermonde_kernel,
+    vandermonde_powers,
+    vandermonde_state,
+)
 from ssm_train.ops.scan import reference_scan
 from tests.nn.scan_checks import run_steps
 
@@ -62,6 +68,37 @@ def test_kernel_at_zero_and_on_the_unit_circle():
     # l=0: 2(1+1+1+1); then 0 + 1 + (-1)^l + Re(i^l), doubled
     expect = torch.tensor([[8.0, 2 * (1 - 1 + 0), 2 * (1 + 1 - 1), 2 * (1 - 1 + 0), 2 * (1 + 1 + 1)]], dtype=torch.float64)
     torch.testing.assert_close(K, expect, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("L", [1, 2, 17, 64, 300])
+def test_powers_and_their_written_out_derivative(L):
+    """near_q = λ^q and far_p = λ^(pT) exactly, and the backward's l λ^(l-1) is the derivative
+    (gradcheck on complex λ, |λ| up to 1, with λ = 0 and λ = 1 among them)."""
+    lam, _ = random_spectrum(2, 3, 0.5, 0.9999, seed=L)
+    lam[0, 0], lam[1, 0] = 0, 1
+    near, far = vandermonde_powers(lam, L)
+    T, P = near.shape[-1], far.shape[-1]
+    assert T * P >= L and (T - 1) * P < L + T  # T = ⌈√L⌉, P = ⌈L/T⌉
+    torch.testing.assert_close(near, torch.stack([lam**q for q in range(T)], -1), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(far, torch.stack([lam ** (p * T) for p in range(P)], -1), rtol=1e-12, atol=1e-14)
+    lam.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: vandermonde_powers(z, L), (lam,))
+    assert torch.autograd.gradcheck(lambda z: vandermonde_powers(z, L)[1], (lam,))  # one output unused
+
+
+def test_kernel_weightings_share_one_pair_of_powers():
+    """W [B, H, N]: one kernel per weighting, each equal to its own call; powers for a longer
+    length serve a shorter one, powers for a shorter one are refused."""
+    lam, _ = random_spectrum(3, 4, 0.0, 0.999, seed=5)
+    W = torch.randn(2, 3, 4, dtype=torch.complex128, generator=torch.Generator().manual_seed(6))
+    K = vandermonde_kernel(lam, W, 50, vandermonde_powers(lam, 60))
+    assert K.shape == (2, 3, 50)
+    for b in range(2):
+        torch.testing.assert_close(K[b], reference_kernel(lam, W[b], 50), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="vandermonde_powers"):
+        vandermonde_kernel(lam, W[0], 50, vandermonde_powers(lam, 30))
+    with pytest.raises(ValueError, match="vandermonde_powers"):
+        vandermonde_state(lam, torch.randn(1, 50, 3, dtype=torch.float64), vandermonde_powers(lam, 30))
 
 
 @pytest.mark.parametrize("L", [16384, pytest.param(65536, marks=pytest.mark.slow)])
