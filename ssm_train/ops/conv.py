@@ -73,6 +73,17 @@ def vandermonde_powers(lam: Tensor, L: int) -> tuple[Tensor, Tensor]:
     return _VandermondePowers.apply(lam, T, P)
 
 
+def _powers_for(lam: Tensor, L: int, powers: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    """``powers`` if given (refused if too short for L), else `vandermonde_powers(lam, L)`."""
+    if powers is None:
+        return vandermonde_powers(lam, L)
+    near, far = powers
+    if near.shape[-1] * far.shape[-1] < L:
+        raise ValueError(f"powers for lengths up to {near.shape[-1] * far.shape[-1]} cannot give λ^l for l < {L}: "
+                         f"use vandermonde_powers(lam, {L})")
+    return near, far
+
+
 def vandermonde_kernel(lam: Tensor, W: Tensor, L: int, powers: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """K [..., H, L] with K_hl = 2 Re Σ_n W_hn λ_hn^l, for λ complex [H, N] and W complex [..., H, N]
     (leading dimensions: several weightings of the same λ, e.g. one per batch row).
@@ -81,13 +92,10 @@ def vandermonde_kernel(lam: Tensor, W: Tensor, L: int, powers: tuple[Tensor, Ten
     batched real matmul [..., H, P, 2N] @ [H, 2N, T] in the working precision; the [H, N, L]
     Vandermonde matrix is never formed.
     """
-    H, N = lam.shape
     if L == 0:
         return lam.real.new_zeros(*W.shape[:-1], 0)
-    near, far = vandermonde_powers(lam, L) if powers is None else powers
+    near, far = _powers_for(lam, L, powers)
     P, T = far.shape[-1], near.shape[-1]
-    if P * T < L:
-        raise ValueError(f"powers for lengths up to {P * T} cannot give λ^l for l < {L}: use vandermonde_powers(lam, {L})")
     Wf = W[..., None] * far  # [..., H, N, P]
     # Re(Σ_n Wf_np near_nq) as one real matmul over 2N: half the work of the complex product
     # (autocast off: in bf16 the kernel's long tail would be lost, as the FFT's would)
@@ -131,10 +139,8 @@ def vandermonde_state(lam: Tensor, u: Tensor, powers: tuple[Tensor, Tensor] | No
     N = lam.shape[1]
     if L == 0:
         return torch.zeros(Bsz, H, N, dtype=lam.dtype, device=u.device)
-    near, far = vandermonde_powers(lam, L) if powers is None else powers
+    near, far = _powers_for(lam, L, powers)
     P, T = far.shape[-1], near.shape[-1]
-    if P * T < L:
-        raise ValueError(f"powers for lengths up to {P * T} cannot give λ^l for l < {L}: use vandermonde_powers(lam, {L})")
     v = u.flip(1).transpose(1, 2).to(lam.real.dtype).contiguous()  # [B, H, L]: v_l = u_{L-1-l}
     # (contiguous: a zero pad returns its input, and bmm copies a strided one matrix by matrix)
     v = torch.nn.functional.pad(v, (0, P * T - L)).view(Bsz, H, P, T)
