@@ -16,8 +16,9 @@ that PyTorch's CPU tensors come from. Each yields to a value the user set in the
   chunk: at L=65536 (LRU, d_model 256, 4096-step chunks) that held the peak resident memory of a
   step at 1145 MB, 633 MB with the threshold fixed (no checkpointing: 2782 MB), for 1.04x the
   time that morning; later the same day the fresh pages cost more (L=16384: LRU 1.4x, S4D 1.6x
-  the time of glibc's default; docs/RESULTS.md). Not for every run: mapping each block afresh costs page faults where the heap would have
-  reused it (1-MB chunks took 2.2x the time, and a 1024-token sequence, one chunk, 2.3x).
+  the time of glibc's default; docs/RESULTS.md). Not for every run: mapping each block afresh
+  costs page faults where the heap would have reused it (1-MB chunks took 2.2x the time, and a
+  1024-token sequence, one chunk, 2.3x).
 """
 
 from __future__ import annotations
