@@ -113,22 +113,35 @@ class LRU(nn.Module):
         lam = self.lam()
         return lam if lam.is_complex() else torch.complex(lam, torch.zeros_like(lam))
 
-    def _input(self, u: Tensor) -> Tensor:
-        """γ ⊙ (B u), upcast to at least float32 ([..., H] -> [..., N])."""
-        bu = at_least_float32(u @ self.B_re.T)  # the projections may run in low precision
-        if self.complex:
-            bu = torch.complex(bu, at_least_float32(u @ self.B_im.T))
+    # Each map is one real matmul. The rows of W_in interleave (re, im) per state n and carry γ,
+    # so that u @ W_in.T is γ ⊙ (B u) laid out as a complex [..., N] tensor (a view, no copy);
+    # W_out reads the state's (re, im) pairs the same way, Re(C x) = C_re x_re - C_im x_im. Two
+    # matmuls over 2N instead of four over N, and no complex construction, γ product or
+    # .real/.imag copy passes through autograd on the [B, L, ·] tensors (benchmarks/step.py).
+
+    def input_weight(self) -> Tensor:
+        """W_in [2N, H] (complex) or [N, H] (real): u @ W_in.T = γ ⊙ (B u), (re, im) interleaved."""
+        w = torch.stack([self.B_re, self.B_im], dim=1) if self.complex else self.B_re  # [N, 2, H] or [N, H]
         if self.normalize:
-            bu = bu * torch.exp(at_least_float32(self.gamma_log))
-        return bu
+            gamma = torch.exp(self.gamma_log)
+            w = w * (gamma[:, None, None] if self.complex else gamma[:, None])
+        return w.flatten(0, 1) if self.complex else w
+
+    def output_weight(self) -> Tensor:
+        """W_out [H, 2N] (complex) or [H, N] (real): x_(re, im interleaved) @ W_out.T = Re(C x)."""
+        if not self.complex:
+            return self.C_re
+        return torch.stack([self.C_re, -self.C_im], dim=-1).flatten(1, 2)
+
+    def _input(self, u: Tensor) -> Tensor:
+        """γ ⊙ (B u), upcast to at least float32 ([..., H] -> [..., N], complex when `complex`)."""
+        bu = at_least_float32(u @ self.input_weight().T)  # the projection may run in low precision
+        return torch.view_as_complex(bu.unflatten(-1, (self.d_state, 2))) if self.complex else bu
 
     def _output(self, x: Tensor, u: Tensor) -> Tensor:
-        """Re(C x) + D ⊙ u, with Re(C x) = C_re x_re - C_im x_im ([..., N] -> [..., H])."""
-        if self.complex:
-            y = x.real @ self.C_re.T.to(x.real.dtype) - x.imag @ self.C_im.T.to(x.real.dtype)
-        else:
-            y = x @ self.C_re.T.to(x.dtype)
-        return y + self.D * u
+        """Re(C x) + D ⊙ u ([..., N] -> [..., H])."""
+        x = torch.view_as_real(x).flatten(-2) if self.complex else x
+        return x @ self.output_weight().T.to(x.dtype) + self.D * u
 
     # -- sequence and step ---------------------------------------------------------------------------
 
