@@ -105,12 +105,49 @@ def vandermonde_kernel(lam: Tensor, W: Tensor, L: int, powers: tuple[Tensor, Ten
     return 2 * K.reshape(*W.shape[:-1], P * T)[..., :L]
 
 
+class _FFTConv(torch.autograd.Function):
+    """y = irfft(rfft(u) · K̂)[:L] (K̂ = rfft(K), or conj(K̂) when reversed) on u [B, H, L], with
+    the backward written as two more convolutions by the same FFTs:
+
+        ∂ℓ/∂u = irfft(Ĝ · conj(K̂))[:L]           (the correlation with K: the reverse direction)
+        ∂ℓ/∂K = irfft(Σ_b Ĝ_b · conj(Û_b))[:L]     (reverse: Σ_b Û_b · conj(Ĝ_b))
+
+    exact for n ≥ 2L - 1 (no wrap-around, as in the forward). Autograd's own backward of the rffts
+    runs a full-length complex FFT per input (the one-sided spectrum is padded out) and keeps the
+    batch axis of ∂ℓ/∂K̂ until a sum; at B=1, L=16384, H=512 those two complex FFTs were a fifth of
+    an S4D layer's step (benchmarks/step.py --kinds s4d)."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, K: Tensor, n: int, reverse: bool) -> Tensor:
+        L = u.shape[-1]
+        u_hat, K_hat = torch.fft.rfft(u, n=n), torch.fft.rfft(K, n=n)
+        y = torch.fft.irfft(u_hat * (K_hat.conj() if reverse else K_hat), n=n)[..., :L]
+        ctx.save_for_backward(u_hat, K_hat)
+        ctx.n, ctx.L, ctx.reverse = n, L, reverse
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        u_hat, K_hat = ctx.saved_tensors
+        n, L, reverse = ctx.n, ctx.L, ctx.reverse
+        g_hat = torch.fft.rfft(g, n=n)
+        grad_u = grad_K = None
+        if ctx.needs_input_grad[0]:
+            grad_u = torch.fft.irfft(g_hat * (K_hat if reverse else K_hat.conj()), n=n)[..., :L]
+        if ctx.needs_input_grad[1]:
+            cross = (u_hat * g_hat.conj()) if reverse else (g_hat * u_hat.conj())
+            grad_K = torch.fft.irfft(cross.sum(0), n=n)[..., :L]
+        return grad_u, grad_K, None, None
+
+
 def fft_conv(u: Tensor, K: Tensor, *, reverse: bool = False) -> Tensor:
     """y_k = Σ_{j≤k} K_{k-j} u_j, or Σ_{j≥k} K_{j-k} u_j if ``reverse``; u [B, L, H], K [H, L].
 
     Zero-padded to n ≥ 2L - 1, so the FFT's circular convolution is the linear one. The reverse
     (anti-causal) sum is the circular cross-correlation, i.e. the product with conj(K̂). Runs in
     float32 or wider with autocast off: the FFT of a long kernel in half precision loses the tail.
+    First derivatives only (`_FFTConv`).
     """
     B, L, H = u.shape
     if L == 0:
@@ -118,11 +155,7 @@ def fft_conv(u: Tensor, K: Tensor, *, reverse: bool = False) -> Tensor:
     n = 1 << (2 * L - 1).bit_length()  # a power of two ≥ 2L - 1
     with autocast_off(u.device.type):
         u = at_least_float32(u)
-        K_hat = torch.fft.rfft(K.to(u.dtype), n=n)
-        if reverse:
-            K_hat = K_hat.conj()
-        u_hat = torch.fft.rfft(u.transpose(1, 2), n=n)  # [B, H, n/2+1]
-        y = torch.fft.irfft(u_hat * K_hat, n=n)[..., :L]
+        y = _FFTConv.apply(u.transpose(1, 2), K.to(u.dtype), n, reverse)  # [B, H, L]
     return y.transpose(1, 2)
 
 

@@ -130,6 +130,30 @@ def test_fft_conv_equals_the_sum(B, L, H, reverse, seed):
     torch.testing.assert_close(y, reference_conv(u, K, reverse), rtol=1e-10, atol=1e-10)
 
 
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 3), L=st.integers(1, 40), H=st.integers(1, 3), reverse=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_fft_conv_gradients_equal_those_of_the_sum(B, L, H, reverse, seed):
+    """The written-out backward (two more FFT convolutions) against autograd through the loop."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(B, L, H, generator=g, dtype=torch.float64, requires_grad=True)
+    K = torch.randn(H, L, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(B, L, H, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad((fft_conv(u, K, reverse=reverse) * w).sum(), (u, K))
+    want = torch.autograd.grad((reference_conv(u, K, reverse) * w).sum(), (u, K))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fft_conv_gradcheck(reverse):
+    u = torch.randn(2, 9, 3, dtype=torch.float64, requires_grad=True)
+    K = torch.randn(3, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda u, K: fft_conv(u, K, reverse=reverse), (u, K))
+    # only one input differentiable: the other gradient is not computed, the one asked for is right
+    assert torch.autograd.gradcheck(lambda u: fft_conv(u, K.detach(), reverse=reverse), (u,))
+
+
 def test_fft_conv_runs_half_precision_inputs_in_float32():
     u = torch.randn(2, 40, 3)
     K = torch.randn(3, 40)
