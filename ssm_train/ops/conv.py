@@ -105,39 +105,76 @@ def vandermonde_kernel(lam: Tensor, W: Tensor, L: int, powers: tuple[Tensor, Ten
     return 2 * K.reshape(*W.shape[:-1], P * T)[..., :L]
 
 
+# One block of channels' spectra on the CPU: small enough to stay in the L2/L3 caches (4 MB was
+# faster than whole spectra at B=16, L=1024 and at B=1, L=16384-65536 on this 2-core machine's
+# 32 MB L3; benchmarks/step.py --kinds s4d). A GPU transforms every channel at once.
+_BLOCK_BYTES = 4 << 20
+
+
+# Transforms run along the time axis of [..., L, h] blocks where they lie (channels last): FFT
+# libraries vectorise across the contiguous channels, where transposing the block first cost a
+# strided copy slower than the transform (benchmarks/step.py --kinds s4d).
+
+
+def _rfft(x: Tensor, n: int) -> Tensor:
+    return torch.fft.rfft(x, n=n, dim=-2)
+
+
+def _irfft(x: Tensor, n: int, L: int) -> Tensor:
+    return torch.fft.irfft(x, n=n, dim=-2)[..., :L, :]
+
+
+def _channel_blocks(u: Tensor, n: int) -> list[slice]:
+    """Slices of u's [B, L, H] channels whose spectra [B, n/2+1, h] (complex) fit `_BLOCK_BYTES`
+    on the CPU, at least 16 channels (whole cache lines); one slice elsewhere."""
+    B, _, H = u.shape
+    if u.device.type != "cpu":
+        return [slice(0, H)]
+    h = max(16, _BLOCK_BYTES // (B * (n // 2 + 1) * 2 * u.element_size()) // 16 * 16)
+    return [slice(i, min(i + h, H)) for i in range(0, H, h)]
+
+
 class _FFTConv(torch.autograd.Function):
-    """y = irfft(rfft(u) · K̂)[:L] (K̂ = rfft(K), or conj(K̂) when reversed) on u [B, H, L], with
-    the backward written as two more convolutions by the same FFTs:
+    """y = irfft(rfft(u) · K̂)[:L] (K̂ = rfft(K), or conj(K̂) when reversed) on u [B, L, H], one
+    block of channels at a time, with the backward written as two more convolutions:
 
         ∂ℓ/∂u = irfft(Ĝ · conj(K̂))[:L]           (the correlation with K: the reverse direction)
         ∂ℓ/∂K = irfft(Σ_b Ĝ_b · conj(Û_b))[:L]     (reverse: Σ_b Û_b · conj(Ĝ_b))
 
-    exact for n ≥ 2L - 1 (no wrap-around, as in the forward). Autograd's own backward of the rffts
-    runs a full-length complex FFT per input (the one-sided spectrum is padded out) and keeps the
-    batch axis of ∂ℓ/∂K̂ until a sum; at B=1, L=16384, H=512 those two complex FFTs were a fifth of
-    an S4D layer's step (benchmarks/step.py --kinds s4d)."""
+    exact for n ≥ 2L - 1 (no wrap-around, as in the forward). Channels are independent, so each
+    block's spectra (a few MB) stay in the caches from rfft to irfft instead of passing through
+    memory at full size; the backward recomputes Û and K̂ (one more rfft of u) rather than
+    keeping them, so the layer saves only u and K. Autograd's own backward of the rffts ran a
+    full-length complex FFT per input and kept the batch axis of ∂ℓ/∂K̂ until a sum."""
 
     @staticmethod
     def forward(ctx, u: Tensor, K: Tensor, n: int, reverse: bool) -> Tensor:
-        L = u.shape[-1]
-        u_hat, K_hat = torch.fft.rfft(u, n=n), torch.fft.rfft(K, n=n)
-        y = torch.fft.irfft(u_hat * (K_hat.conj() if reverse else K_hat), n=n)[..., :L]
-        ctx.save_for_backward(u_hat, K_hat)
-        ctx.n, ctx.L, ctx.reverse = n, L, reverse
+        L = u.shape[1]
+        y = torch.empty_like(u)
+        for c in _channel_blocks(u, n):
+            K_hat = _rfft(K[c].T, n)
+            y[:, :, c] = _irfft(_rfft(u[:, :, c], n) * (K_hat.conj() if reverse else K_hat), n, L)
+        ctx.save_for_backward(u, K)
+        ctx.n, ctx.reverse = n, reverse
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
-        u_hat, K_hat = ctx.saved_tensors
-        n, L, reverse = ctx.n, ctx.L, ctx.reverse
-        g_hat = torch.fft.rfft(g, n=n)
-        grad_u = grad_K = None
-        if ctx.needs_input_grad[0]:
-            grad_u = torch.fft.irfft(g_hat * (K_hat if reverse else K_hat.conj()), n=n)[..., :L]
-        if ctx.needs_input_grad[1]:
-            cross = (u_hat * g_hat.conj()) if reverse else (g_hat * u_hat.conj())
-            grad_K = torch.fft.irfft(cross.sum(0), n=n)[..., :L]
+        u, K = ctx.saved_tensors
+        n, reverse, L = ctx.n, ctx.reverse, u.shape[1]
+        need_u, need_K = ctx.needs_input_grad[:2]
+        grad_u = torch.empty_like(u) if need_u else None
+        grad_K = torch.empty_like(K) if need_K else None
+        for c in _channel_blocks(u, n):
+            g_hat = _rfft(g[:, :, c], n)
+            if need_u:
+                K_hat = _rfft(K[c].T, n)
+                grad_u[:, :, c] = _irfft(g_hat * (K_hat if reverse else K_hat.conj()), n, L)
+            if need_K:
+                u_hat = _rfft(u[:, :, c], n)
+                cross = (u_hat * g_hat.conj()) if reverse else (g_hat * u_hat.conj())
+                grad_K[c] = _irfft(cross.sum(0), n, L).T
         return grad_u, grad_K, None, None
 
 
@@ -155,8 +192,7 @@ def fft_conv(u: Tensor, K: Tensor, *, reverse: bool = False) -> Tensor:
     n = 1 << (2 * L - 1).bit_length()  # a power of two ≥ 2L - 1
     with autocast_off(u.device.type):
         u = at_least_float32(u)
-        y = _FFTConv.apply(u.transpose(1, 2), K.to(u.dtype), n, reverse)  # [B, H, L]
-    return y.transpose(1, 2)
+        return _FFTConv.apply(u, K.to(u.dtype), n, reverse)
 
 
 def vandermonde_state(lam: Tensor, u: Tensor, powers: tuple[Tensor, Tensor] | None = None) -> Tensor:

@@ -146,6 +146,25 @@ def test_fft_conv_gradients_equal_those_of_the_sum(B, L, H, reverse, seed):
 
 
 @pytest.mark.parametrize("reverse", [False, True])
+def test_fft_conv_in_channel_blocks_equals_the_sum(monkeypatch, reverse):
+    """37 channels in blocks of 16 (the last one short): values and gradients as the loop's."""
+    import ssm_train.ops.conv as conv
+
+    monkeypatch.setattr(conv, "_BLOCK_BYTES", 1)
+    B, L, H = 2, 30, 37
+    assert [c.stop - c.start for c in conv._channel_blocks(torch.empty(B, L, H, dtype=torch.float64), 64)] == [16, 16, 5]
+    g = torch.Generator().manual_seed(3)
+    u = torch.randn(B, L, H, generator=g, dtype=torch.float64, requires_grad=True)
+    K = torch.randn(H, L, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(B, L, H, generator=g, dtype=torch.float64)
+    y = fft_conv(u, K, reverse=reverse)
+    y_ref = reference_conv(u, K, reverse)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    for a, b in zip(torch.autograd.grad((y * w).sum(), (u, K)), torch.autograd.grad((y_ref * w).sum(), (u, K))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
 def test_fft_conv_gradcheck(reverse):
     u = torch.randn(2, 9, 3, dtype=torch.float64, requires_grad=True)
     K = torch.randn(3, 9, dtype=torch.float64, requires_grad=True)
