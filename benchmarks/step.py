@@ -1,6 +1,7 @@
 """One training step end to end: ssm-train's layer, the plain loop a user would write, and the floor.
 
-    python benchmarks/step.py [--quick] [--kinds lru,selective] [--lengths 1024,4096] [--threads 1,2]
+    python benchmarks/step.py [--quick] [--kinds lru,selective,s4d] [--lengths 1024,4096] [--threads 1,2]
+    python benchmarks/step.py --device cuda      # on a GPU: one row per kind and length
 
 Model: a 2-layer residual stack x + mixer(LayerNorm(x)), B=8, H=256, random float32 input, loss
 mean(y²), one step = forward + backward + AdamW. Three mixers per kind, with the same parameters:
@@ -15,12 +16,14 @@ mean(y²), one step = forward + backward + AdamW. Three mixers per kind, with th
 
 Timing is interleaved (one step of each mixer in turn, --repeats rounds, median), in one process,
 so the three share the machine's state; a warm-up step per mixer comes first. Peak memory is the
-growth of the peak resident set in a fresh process per mixer (1 thread, --memory-steps steps).
+growth of the peak resident set in a fresh process per mixer (1 thread, --memory-steps steps,
+median of 3 processes); on
+CUDA, torch.cuda.max_memory_allocated over the same steps in the one process.
 The last line, ``lru_step_vs_floor_L1024=<ratio>``, is the 1-thread LRU ratio for scripts.
 
 ``--kinds s4d`` times one S4D layer (FFT convolution, 32 modes, forward + backward) from
 (B=2, L=4096, H=256) to (B=1, L=16384, H=512), with PyTorch's huge-page allocation on and off
-(``THP_MEM_ALLOC_ENABLE``, which ``import ssm_train`` turns on), next to what the step computes:
+(``THP_MEM_ALLOC_ENABLE``, which ``import ssm_train`` turns on; one fresh process each), next to what the step computes:
 tokens B·L·H grow 4x, but the FFTs' work (4 transforms per batch row and 2 per channel, each
 n log n with n = 2L) grows 5.5x and the kernel's Vandermonde product (H·N·L, not multiplied by B)
 8x, so about 6x is the expected ratio, not 4x.
@@ -49,6 +52,7 @@ from torch import Tensor, nn  # noqa: E402
 from ssm_train.nn import LRU, SelectiveSSM  # noqa: E402
 
 B, H, N_LAYERS = 8, 256, 2
+DEVICE = "cpu"  # --device; cuda: the same step on the GPU (synchronised), no thread counts
 D_STATE = {"lru": 256, "selective": 16}
 S4D_SHAPES = ((2, 4096, 256), (1, 16384, 512))  # (B, L, H): 4x the tokens·channels
 S4D_MODES = 32
@@ -160,13 +164,16 @@ def build(kind: str, variant: str, seed: int = 0) -> Stack:
 
 def stepper(model: nn.Module, L: int, seed: int = 0) -> Callable[[], None]:
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, L, H, generator=g)
+    model = model.to(DEVICE)
+    x = torch.randn(B, L, H, generator=g).to(DEVICE)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step() -> None:
         model(x).square().mean().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
 
     return step
 
@@ -193,11 +200,21 @@ def time_interleaved(kind: str, L: int, threads: int, repeats: int) -> dict[str,
     return {v: 1e3 * statistics.median(t) for v, t in times.items()}
 
 
-def peak_memory_mb(kind: str, variant: str, L: int, steps: int) -> float:
-    """Growth of the peak resident set over `steps` steps, in a fresh 1-thread process."""
+def peak_memory_mb(kind: str, variant: str, L: int, steps: int, runs: int = 3) -> float:
+    """Growth of the peak resident set over `steps` steps, in a fresh 1-thread process (CUDA:
+    the peak of allocated memory over the steps, in this process). The median of ``runs``
+    processes: one process's peak moves by up to 40% with where glibc happens to place blocks."""
+    if DEVICE == "cuda":
+        step = stepper(build(kind, variant), L)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        for _ in range(steps):
+            step()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
     cmd = [sys.executable, __file__, "--worker", kind, variant, str(L), "--memory-steps", str(steps)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+    outs = [subprocess.run(cmd, check=True, capture_output=True, text=True).stdout for _ in range(runs)]
+    return statistics.median(json.loads(out.strip().splitlines()[-1])["peak_mb"] for out in outs)
 
 
 def worker(kind: str, variant: str, L: int, steps: int) -> None:
@@ -220,7 +237,8 @@ def s4d_work(B_: int, L: int, H_: int) -> dict[str, float]:
     return {"tokens": B_ * L * H_, "ffts": (4 * B_ * H_ + 2 * H_) * n * math.log2(n), "kernel": H_ * S4D_MODES * L}
 
 
-def time_s4d(repeats: int) -> dict[tuple[str, tuple[int, int, int]], float]:
+def time_s4d(repeats: int) -> dict[tuple[int, int, int], float]:
+    """Median ms per forward + backward of one S4D layer at each shape, interleaved, 1 thread."""
     from ssm_train.nn import S4D
 
     torch.set_num_threads(1)
@@ -229,27 +247,31 @@ def time_s4d(repeats: int) -> dict[tuple[str, tuple[int, int, int]], float]:
         torch.manual_seed(0)
         layer, u = S4D(shape[2], S4D_MODES), torch.randn(*shape, requires_grad=True)
         runs[shape] = lambda layer=layer, u=u: layer(u).square().mean().backward()
-    times: dict[tuple[str, tuple[int, int, int]], list[float]] = {}
+    times: dict[tuple[int, int, int], list[float]] = {s: [] for s in runs}
     for _ in range(repeats + 1):  # the first round warms up
-        for thp in ("1", "0"):
-            os.environ["THP_MEM_ALLOC_ENABLE"] = thp  # read by PyTorch at each allocation
-            for shape, run in runs.items():
-                t0 = time.perf_counter()
-                run()
-                times.setdefault((thp, shape), []).append(time.perf_counter() - t0)
-    os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
-    return {k: 1e3 * statistics.median(t[1:]) for k, t in times.items()}
+        for shape, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[shape].append(time.perf_counter() - t0)
+    return {s: 1e3 * statistics.median(t[1:]) for s, t in times.items()}
+
+
+def time_s4d_in_process(thp: str, repeats: int) -> dict[tuple[int, int, int], float]:
+    """`time_s4d` in a fresh process with THP_MEM_ALLOC_ENABLE=thp (PyTorch reads it once)."""
+    cmd = [sys.executable, __file__, "--s4d-worker", "--repeats", str(repeats)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "THP_MEM_ALLOC_ENABLE": thp})
+    return {tuple(r["shape"]): r["ms"] for r in json.loads(out.stdout.strip().splitlines()[-1])}
 
 
 def print_s4d(repeats: int) -> None:
-    ms = time_s4d(repeats)
+    ms = {thp: time_s4d_in_process(thp, repeats) for thp in ("1", "0")}
     small, big = S4D_SHAPES
     w0, w1 = s4d_work(*small), s4d_work(*big)
     print(f"\ns4d layer (N={S4D_MODES} modes, conv, forward + backward, 1 thread): " + "; ".join(
         f"{k} x{w1[k] / w0[k]:.2f}" for k in w0) + " from the first shape to the second")
     print(f"{'huge pages':<10} | {'B,L,H = ' + ','.join(map(str, small)):>18} {','.join(map(str, big)):>12} | {'ratio':>6}")
     for thp in ("1", "0"):
-        a, b = ms[thp, small], ms[thp, big]
+        a, b = ms[thp][small], ms[thp][big]
         print(f"{'on' if thp == '1' else 'off':<10} | {a:>15.1f} ms {b:>9.1f} ms | {b / a:>5.2f}x")
 
 
@@ -262,20 +284,30 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (each times every variant once)")
     parser.add_argument("--memory-steps", type=int, default=2, help="steps per memory process (0: skip memory)")
     parser.add_argument("--worker", nargs=3, metavar=("KIND", "VARIANT", "L"), help=argparse.SUPPRESS)
+    parser.add_argument("--s4d-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device visible to torch")
+    if args.s4d_worker:
+        print(json.dumps([{"shape": s, "ms": t} for s, t in time_s4d(args.repeats).items()]))
+        return
     if args.worker:
         worker(args.worker[0], args.worker[1], int(args.worker[2]), args.memory_steps)
         return
     kinds = [k for k in args.kinds.split(",") if k]
     if not kinds or set(kinds) - {*D_STATE, "s4d"}:
         parser.error(f"--kinds must be a subset of lru,selective,s4d, got {args.kinds!r}")
-    with_s4d = "s4d" in kinds
+    with_s4d = "s4d" in kinds and DEVICE == "cpu"  # the S4D rows are about the CPU's caches and pages
     kinds = [k for k in kinds if k != "s4d"]
     lengths = [1024] if args.quick else [int(x) for x in args.lengths.split(",")]
-    threads = [1] if args.quick else [int(x) for x in args.threads.split(",")]
+    threads = [1] if args.quick or DEVICE == "cuda" else [int(x) for x in args.threads.split(",")]
     repeats = 3 if args.quick else args.repeats
 
-    print(f"B={B} H={H} n_layers={N_LAYERS} torch={torch.__version__} rounds={repeats} "
+    device = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu"
+    print(f"device={device} B={B} H={H} n_layers={N_LAYERS} torch={torch.__version__} rounds={repeats} "
           f"load={os.getloadavg()[0]:.2f} cpus={os.cpu_count()}")
     for kind in kinds:
         print(f"{kind}: N={D_STATE[kind]}; loop vs ssm-train, max relative output difference "

@@ -9,6 +9,7 @@
 #   1. benchmarks/scan_gpu.py --sweep   linear_scan's Triton kernels against the memory floor (target 1.5x)
 #   2. benchmarks/selective_gpu.py      the fused Triton selective scan against the materialised one
 #   3. benchmarks/throughput.py --device cuda --quick   matched models, tokens/s and memory
+#   3b. benchmarks/step.py --device cuda   LRU / selective step against the plain loop and the floor
 #   4. scripts/gpu_check.sh             DDP / FSDP / DeepSpeed training steps (needs omegaconf, torchdata,
 #                                       wandb, deepspeed: carried as wheels in .wheels/, see docs/gpu.md)
 # Everything printed is also written to $OUT (or ./gpu-out) as one log per step. Record the tables
@@ -40,6 +41,7 @@ step() {  # step NAME SECONDS COMMAND...
 step scan_gpu 240 "$PYTHON" benchmarks/scan_gpu.py --sweep
 step selective_gpu 90 "$PYTHON" benchmarks/selective_gpu.py
 step throughput 120 "$PYTHON" benchmarks/throughput.py --device cuda --quick
+step step_bench 120 "$PYTHON" benchmarks/step.py --device cuda --repeats 3 --memory-steps 1
 if "$PYTHON" -c 'import omegaconf, torchdata, deepspeed, wandb' 2>/dev/null; then
     step gpu_check 200 env PYTHON="$PYTHON" STEPS=100 scripts/gpu_check.sh
 else
