@@ -24,9 +24,9 @@ The last line, ``lru_step_vs_floor_L1024=<ratio>``, is the 1-thread LRU ratio fo
 ``--kinds s4d`` times one S4D layer (FFT convolution, 32 modes, forward + backward) from
 (B=2, L=4096, H=256) to (B=1, L=16384, H=512), with PyTorch's huge-page allocation on and off
 (``THP_MEM_ALLOC_ENABLE``, which ``import ssm_train`` turns on; one fresh process each), next to what the step computes:
-tokens B·L·H grow 4x, but the FFTs' work (4 transforms per batch row and 2 per channel, each
-n log n with n = 2L) grows 5.5x and the kernel's Vandermonde product (H·N·L, not multiplied by B)
-8x, so about 6x is the expected ratio, not 4x.
+tokens B·L·H grow 4x, but the FFTs' work (5 transforms per batch row and channel, 3 more per
+channel for the kernel, each n log n with n = 2L) grows 5.7x and the kernel's Vandermonde product
+(H·N·L, not multiplied by B) 8x, so about 6x is the expected ratio, not 4x.
 """
 
 from __future__ import annotations
@@ -232,9 +232,11 @@ def worker(kind: str, variant: str, L: int, steps: int) -> None:
 
 
 def s4d_work(B_: int, L: int, H_: int) -> dict[str, float]:
-    """What one S4D conv layer's forward + backward computes, up to constants."""
+    """What one S4D conv layer's forward + backward computes, up to constants. `fft_conv`: per
+    batch row and channel rfft(u), irfft(y); backward rfft(g), irfft(∂u), rfft(u) again; per
+    channel rfft(K) forward and backward and irfft(∂K)."""
     n = 1 << (2 * L - 1).bit_length()
-    return {"tokens": B_ * L * H_, "ffts": (4 * B_ * H_ + 2 * H_) * n * math.log2(n), "kernel": H_ * S4D_MODES * L}
+    return {"tokens": B_ * L * H_, "ffts": (5 * B_ * H_ + 3 * H_) * n * math.log2(n), "kernel": H_ * S4D_MODES * L}
 
 
 def time_s4d(repeats: int) -> dict[tuple[int, int, int], float]:

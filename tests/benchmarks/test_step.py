@@ -40,8 +40,8 @@ def test_every_variant_trains(step, kind, variant):
 
 
 def test_s4d_work_model(step):
-    """Tokens x4 from (2, 4096, 256) to (1, 16384, 512), but the kernel x8 and the FFTs x5.5."""
+    """Tokens x4 from (2, 4096, 256) to (1, 16384, 512), but the kernel x8 and the FFTs x5.7."""
     w0, w1 = (step.s4d_work(*s) for s in step.S4D_SHAPES)
     assert w1["tokens"] / w0["tokens"] == 4
     assert w1["kernel"] / w0["kernel"] == 8
-    assert 5.5 < w1["ffts"] / w0["ffts"] < 5.6
+    assert 5.65 < w1["ffts"] / w0["ffts"] < 5.7
