@@ -167,11 +167,13 @@ class S4D(nn.Module):
             return self._conv(u, state, return_state)
         return self._scan(u, resets, state, return_state)
 
-    def _conv(self, u: Tensor, state: Tensor | None, return_state: bool) -> Tensor | tuple[Tensor, Tensor]:
+    def _conv(self, u: Tensor, state: Tensor | None, return_state: bool,
+              powers: tuple[Tensor, Tensor] | None = None) -> Tensor | tuple[Tensor, Tensor]:
         Bsz, L, H = u.shape
         with autocast_off(u.device.type):
             lam, B_bar = self.discrete()
-            powers = vandermonde_powers(lam, L)  # one pair for the kernel, the free response and the state
+            if powers is None:  # one pair for the kernel, the free response and the state
+                powers = vandermonde_powers(lam, L)
             y = fft_conv(u, vandermonde_kernel(lam, self.C() * B_bar, L, powers), reverse=self.reverse) + self.D * u
             if state is not None:
                 y = y + self._free_response(lam, state, L, powers)
@@ -192,14 +194,15 @@ class S4D(nn.Module):
         response of the state s_r entering the slice, from the slices' final states from zero
         (f_r = B̄ ⊙ Σ_j λ^(L_r-1-j) u_j) and decay products λ^(L_r), combined over the ranks."""
         Bsz, L, H = u.shape
-        y, f = self._conv(u, None, True)
         with autocast_off(u.device.type):
             lam, _ = self.discrete()
+            powers = vandermonde_powers(lam, L)  # one pair for the local convolution and the carry's response
+            y, f = self._conv(u, None, True, powers)
             P = decay_product(lam.reshape(-1), L, resets)
             s = combine_over_ranks(f.reshape(Bsz, -1), P, None, self.context).view(Bsz, H, -1)
             if resets is not None:  # a document starting at the slice's first step reads no carry
                 s = zero_rows(s, resets[:, 0])
-            return y + self._free_response(lam, s, L)
+            return y + self._free_response(lam, s, L, powers)
 
     def _scan(self, u: Tensor, resets: Tensor | None, state: Tensor | None,
               return_state: bool) -> Tensor | tuple[Tensor, Tensor]:
