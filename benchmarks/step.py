@@ -97,6 +97,13 @@ class LRUFloor(nn.Module):
 # -- the selective SSM (S6), from Mamba's equations, with a loop over time ------------------------
 
 
+def s6_projections(s6: SelectiveSSM, u: Tensor) -> tuple[Tensor, ...]:
+    """What the loop and the floor share: x, z = in_proj(u); x = SiLU(conv(x)); δ, B, C = x_proj(x)."""
+    x, z = s6.in_proj(u).chunk(2, dim=-1)
+    x = F.silu(s6.conv1d(x.transpose(1, 2))[..., :u.shape[1]].transpose(1, 2))
+    return x, z, *s6.x_proj(x).split([s6.dt_rank, s6.d_state, s6.d_state], dim=-1)
+
+
 class LoopSelective(nn.Module):
     """Mamba's S6 with h [B, E, N] stepped in a Python loop (the layers are ssm-train's, shared)."""
 
@@ -105,10 +112,8 @@ class LoopSelective(nn.Module):
         self.s6 = s6
 
     def forward(self, u: Tensor) -> Tensor:
-        s6, L = self.s6, u.shape[1]
-        x, z = s6.in_proj(u).chunk(2, dim=-1)
-        x = F.silu(s6.conv1d(x.transpose(1, 2))[..., :L].transpose(1, 2))
-        delta, Bs, Cs = s6.x_proj(x).split([s6.dt_rank, s6.d_state, s6.d_state], dim=-1)
+        s6 = self.s6
+        x, z, delta, Bs, Cs = s6_projections(s6, u)
         dt = F.softplus(s6.dt_proj(delta))
         A = -torch.exp(s6.A_log)
         h, ys = x.new_zeros(u.shape[0], s6.d_inner, s6.d_state), []
@@ -128,10 +133,8 @@ class SelectiveFloor(nn.Module):
         self.s6 = s6
 
     def forward(self, u: Tensor) -> Tensor:
-        s6, L = self.s6, u.shape[1]
-        x, z = s6.in_proj(u).chunk(2, dim=-1)
-        x = F.silu(s6.conv1d(x.transpose(1, 2))[..., :L].transpose(1, 2))
-        delta, Bs, Cs = s6.x_proj(x).split([s6.dt_rank, s6.d_state, s6.d_state], dim=-1)
+        s6 = self.s6
+        x, z, delta, Bs, Cs = s6_projections(s6, u)
         y = (x + s6.dt_proj(delta)) * F.silu(z)
         return s6.out_proj(y) + (Bs * Cs).sum(-1, keepdim=True)
 
