@@ -107,13 +107,14 @@ def vandermonde_kernel(lam: Tensor, W: Tensor, L: int, powers: tuple[Tensor, Ten
 
 # One block of channels' spectra on the CPU: small enough to stay in the L2/L3 caches (4 MB was
 # faster than whole spectra at B=16, L=1024 and at B=1, L=16384-65536 on this 2-core machine's
-# 32 MB L3; benchmarks/step.py --kinds s4d). A GPU transforms every channel at once.
+# 32 MB L3: one S4D layer's forward + backward, docs/RESULTS.md). A GPU transforms every channel
+# at once.
 _BLOCK_BYTES = 4 << 20
 
 
 # Transforms run along the time axis of [..., L, h] blocks where they lie (channels last): FFT
-# libraries vectorise across the contiguous channels, where transposing the block first cost a
-# strided copy slower than the transform (benchmarks/step.py --kinds s4d).
+# libraries vectorise across the contiguous channels, where transposing each block first cost a
+# strided copy (the rffts of a [1, 16384, 512] input in 32-channel blocks: 89 against 125 ms).
 
 
 def _rfft(x: Tensor, n: int) -> Tensor:
