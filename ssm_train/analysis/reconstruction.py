@@ -16,7 +16,11 @@ solution when N is too small. Reported:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from ssm_train.analysis.report import Result, median, pyplot
 
 from ssm_train.analysis.spectra import SPECTRA, is_real, spectrum
 from ssm_train.analysis.vandermonde import real_system, vandermonde
@@ -86,3 +90,87 @@ def memory_curves(n: int, L: int, noises: list[float], seeds: list[int], draws: 
                 rows.append({"spectrum": name, "N": n, "L": L, "noise": noise, "seed": seed,
                              "err_by_lag": np.sqrt((err**2).mean(axis=1)).tolist()})
     return rows
+
+
+# ----------------------------------------------------------------- ssm-train reproduce reconstruction
+
+
+def reproduce(quick: bool, out: Path) -> Result:
+    sizes = [8, 16, 32, 64] if quick else [8, 16, 32, 64, 128]
+    seeds, draws = ([0, 1], 8) if quick else (list(range(5)), 32)
+    noises = [0.0, 1e-6]
+    mem_n, mem_l = (16, 64) if quick else (32, 128)
+    rows = error_table(sizes, sizes, noises, seeds, draws)
+    memory = memory_curves(mem_n, mem_l, noises, seeds, draws=4 * draws)
+    meta = {"sizes": sizes, "lengths": sizes, "noises": noises, "seeds": seeds, "draws": draws,
+            "memory_N": mem_n, "memory_L": mem_l,
+            "solver": "numpy.linalg.lstsq on [Re V; Im V] (float64, rcond=eps*max shape)"}
+    md = [f"Mean relative error |û - u|/|u| of the last L Gaussian inputs recovered from the state by "
+          f"least squares (median over {len(seeds)} seeds, {draws} input draws each), N = L:", "",
+          "| spectrum | noise | " + " | ".join(f"N = L = {n}" for n in sizes) + " |",
+          "|---|---" + "|---" * len(sizes) + "|"]
+    for name in SPECTRA:
+        for noise in noises:
+            cells = [median([r["rel_err"] for r in rows if r["spectrum"] == name and r["N"] == n == r["L"]
+                              and r["noise"] == noise]) for n in sizes]
+            md.append(f"| `{name}` | {noise:g} | " + " | ".join(f"{c:.1e}" for c in cells) + " |")
+    md += ["", "At equal *real* state size (a complex state of size N holds 2N reals): complex spectra "
+           "with N = L/2 against real ones with N = L:", "",
+           "| spectrum | N | noise | " + " | ".join(f"L = {L}" for L in sizes[1:]) + " |",
+           "|---|---|---" + "|---" * (len(sizes) - 1) + "|"]
+    for name in SPECTRA:
+        real = name.startswith("real")
+        for noise in noises:
+            cells = [median([r["rel_err"] for r in rows if r["spectrum"] == name and r["L"] == L
+                              and r["N"] == (L if real else L // 2) and r["noise"] == noise]) for L in sizes[1:]]
+            md.append(f"| `{name}` | {'L' if real else 'L/2'} | {noise:g} | "
+                      + " | ".join(f"{c:.1e}" for c in cells) + " |")
+    md += ["", f"Memory (N = {mem_n} < L = {mem_l}): the first lag k at which the RMS error of û_k "
+           "exceeds 0.5 (median over seeds; `-` = never):", "",
+           "| spectrum | noise 0 | noise 1e-6 |", "|---|---|---|"]
+    for name in SPECTRA:
+        cells = []
+        for noise in noises:
+            lags = [next((k for k, e in enumerate(r["err_by_lag"]) if e > 0.5), None) for r in memory
+                    if r["spectrum"] == name and r["noise"] == noise]
+            cells.append("-" if all(k is None for k in lags) else
+                         f"{median([mem_l if k is None else k for k in lags]):.0f}")
+        md.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return ({"meta": meta, "rows": rows, "memory": memory},
+            lambda p: plot(rows, memory, sizes, mem_n, mem_l, p), "\n".join(md))
+
+
+def plot(rows: list[dict], memory: list[dict], sizes: list[int], mem_n: int, mem_l: int,
+                         path: Path) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fixed_n = sizes[len(sizes) // 2]
+    for name in SPECTRA:
+        color = None
+        for noise, style in ((0.0, "-"), (1e-6, "--")):
+            ys = [median([r["rel_err"] for r in rows if r["spectrum"] == name and r["N"] == n == r["L"]
+                           and r["noise"] == noise]) for n in sizes]
+            line, = axes[0].plot(sizes, ys, style, marker="o", ms=3, color=color,
+                                 label=name if noise == 0 else None)
+            color = line.get_color()
+            ys = [median([r["rel_err"] for r in rows if r["spectrum"] == name and r["N"] == fixed_n
+                           and r["L"] == L and r["noise"] == noise]) for L in sizes]
+            axes[1].plot(sizes, ys, style, marker="o", ms=3, color=color)
+            curves = np.array([r["err_by_lag"] for r in memory if r["spectrum"] == name and r["noise"] == noise])
+            axes[2].plot(np.arange(mem_l), np.median(curves, axis=0), style, color=color, lw=1)
+    axes[0].set(title="N = L (solid: no noise, dashed: 1e-6)", xlabel="N = L", ylabel="relative error |û-u|/|u|")
+    axes[1].set(title=f"N = {fixed_n}, against L", xlabel="L (inputs to recover)")
+    axes[2].set(title=f"memory curve, N = {mem_n}, L = {mem_l}", xlabel="lag k (0 = most recent)",
+                ylabel="RMS error of û_k")
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="k", ls=":", lw=0.8)
+        ax.grid(alpha=0.3)
+    for ax in axes[:2]:
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.xaxis.set_minor_locator(plt.NullLocator())
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -37,6 +37,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from ssm_train.analysis.report import Result, pyplot
+
 ARMS: dict[str, list[str]] = {
     "complex": ["model.kind=lru", "model.init.name=ring"],
     "real": ["model.kind=real", "model.init.name=real"],
@@ -163,3 +167,51 @@ def train_all(out: Path, setting: Setting, progress=print) -> list[dict]:
     finally:
         torch.set_num_threads(threads)
     return rows
+
+
+# ------------------------------------------------------------------------ ssm-train reproduce trained
+
+
+def reproduce(quick: bool, out: Path) -> Result:
+    setting = QUICK if quick else FULL
+    rows = train_all(out, setting, progress=lambda s: print(s, flush=True))
+    meta = {"setting": setting.__dict__, "overrides": setting.overrides(), "arms": ARMS,
+            "tasks": TASKS, "train_runtime_s": round(sum(r["runtime_s"] for r in rows), 1)}
+    md = [f"Relative error of the trained model on held-out samples of its training stream (mean ± std over "
+          f"seeds {list(setting.seeds)}; in parentheses the framework's final `val/rel_err`, mean), "
+          f"{setting.n_layers} layer(s), d_model {setting.d_model}, {setting.steps} steps, seq_len "
+          f"{setting.seq_len}, lag {setting.lag}, radii [0.9, 0.999]:", ""]
+    for task in setting.tasks:
+        md += [f"**{task}**", "", "| N (d_state) | complex (ring) | real |", "|---|---|---|"]
+        for n in setting.sizes:
+            cells = []
+            for arm in ARMS:
+                sel = [r for r in rows if r["task"] == task and r["arm"] == arm and r["N"] == n]
+                held, val = [r["held_out_rel_err"] for r in sel], [r["rel_err"] for r in sel]
+                cells.append(f"{np.mean(held):.3f} ± {np.std(held):.3f} ({np.mean(val):.3f})")
+            md.append(f"| {n} | " + " | ".join(cells) + " |")
+        md.append("")
+    return ({"meta": meta, "rows": rows}, lambda p: plot(rows, setting, p), "\n".join(md))
+
+
+def plot(rows: list[dict], setting, path: Path) -> None:
+    plt = pyplot()
+    tasks = list(setting.tasks)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.4 * len(tasks), 3.5), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        for arm, marker in (("complex", "o"), ("real", "s")):
+            sel = [[r for r in rows if r["task"] == task and r["arm"] == arm and r["N"] == n] for n in setting.sizes]
+            held = [[r["held_out_rel_err"] for r in g] for g in sel]
+            mean, std = np.array([np.mean(h) for h in held]), np.array([np.std(h) for h in held])
+            bars = ax.errorbar(setting.sizes, mean, yerr=std, marker=marker, ms=4, capsize=2, label=arm)
+            ax.plot(setting.sizes, [np.mean([r["rel_err"] for r in g]) for g in sel], ":", lw=1,
+                    color=bars[0].get_color(), label=f"{arm}: framework val/rel_err")
+        ax.set(xscale="log", yscale="log", xlabel="state size N (d_state)", ylabel="relative error (held out)",
+               title=f"{task} (lag {setting.lag}, {setting.steps} steps)")
+        ax.set_xticks(setting.sizes, [str(n) for n in setting.sizes])
+        ax.xaxis.set_minor_locator(plt.NullLocator())
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -22,7 +22,11 @@ and can be far better conditioned than V itself.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from ssm_train.analysis.report import Result, median_table, pyplot
 
 from ssm_train.analysis.spectra import SPECTRA, spectrum
 
@@ -62,3 +66,51 @@ def condition_numbers(sizes: list[int], seeds: list[int], spectra: list[str] | N
                 rows.append({"spectrum": name, "N": n, "L": n, "cond": cond, "saturated": saturated,
                              "seed": seed, "cond_real_system": cond_real})
     return rows
+
+
+# -------------------------------------------------------------------- ssm-train reproduce vandermonde
+
+
+def reproduce(quick: bool, out: Path) -> Result:
+    sizes, seeds = [8, 16, 32, 64, 128], list(range(3 if quick else 10))
+    rows = condition_numbers(sizes, seeds)
+    meta = {"sizes": sizes, "seeds": seeds, "saturation": "cond > 1/(N*eps): float64 cannot resolve σ_min",
+            "eps": EPS}
+    med = median_table(rows, "cond")
+    med_real = median_table(rows, "cond_real_system")
+    sat = {(r["spectrum"], r["N"]) for r in rows if r["saturated"]}
+    md = [f"Median over {len(seeds)} seeds of κ(V) = σ_max/σ_min, V[i, j] = λ_i^j, N = L "
+          "(`*`: float64 cannot resolve σ_min, κ > 1/(N·eps); the value is what float64 gives). "
+          "In parentheses: κ of the real system [Re V; Im V] used to read real inputs.", "",
+          "| spectrum | " + " | ".join(f"N = {n}" for n in sizes) + " |",
+          "|---" * (len(sizes) + 1) + "|"]
+    for name in SPECTRA:
+        cells = [f"{med[name, n]:.2g}{'*' if (name, n) in sat else ''} ({med_real[name, n]:.2g})" for n in sizes]
+        md.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return {"meta": meta, "rows": rows}, lambda p: plot(rows, sizes, EPS, p), "\n".join(md)
+
+
+def plot(rows: list[dict], sizes: list[int], eps: float, path: Path) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, key, title in ((axes[0], "cond", "κ(V), V[i,j] = λ_i^j, N = L"),
+                           (axes[1], "cond_real_system", "κ([Re V; Im V]) (real inputs)")):
+        med = median_table(rows, key)
+        for name in SPECTRA:
+            ys = [med[name, n] for n in sizes]
+            sat = [any(r["saturated"] for r in rows if r["spectrum"] == name and r["N"] == n) for n in sizes]
+            line, = ax.plot(sizes, ys, "-", label=name)
+            ax.scatter(sizes, ys, c=[line.get_color() if not s else "none" for s in sat],
+                       edgecolors=line.get_color(), s=22, zorder=3)
+        ax.axhline(1 / eps, color="k", ls=":", lw=0.8)
+        ax.text(sizes[0], 1 / eps * 3, "1/eps (float64)", fontsize=6)
+        ax.set(xscale="log", yscale="log", xlabel="N = L", title=title)
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.xaxis.set_minor_locator(plt.NullLocator())
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("condition number (median over seeds)")
+    axes[0].legend(fontsize=7)
+    fig.text(0.01, 0.01, "hollow: saturated (float64 cannot resolve σ_min)", fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

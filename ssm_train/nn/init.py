@@ -10,7 +10,9 @@ Two families:
     ring      |λ|² ~ U[r_min², r_max²],  arg λ ~ U[0, max_phase]
     glorot    ring with r_min=0, r_max=1, max_phase=2π: the circular-law spectrum of a
               Glorot-initialised dense matrix (eigenvalues uniform on the unit disk)
-    real      |λ|² ~ U[r_min², r_max²],  arg λ = 0 (the paper's real diagonal recurrence)
+    real      |λ|² ~ U[r_min², r_max²],  arg λ = 0 (the LRU paper's real arm: λ ∈ (0, 1))
+    real_signed  |λ|² ~ U[r_min², r_max²], sign ±1 with equal odds (λ ∈ (-1, 1): the real
+              diagonal recurrence of Orvieto et al. 2024, which allows negative eigenvalues)
 
 * Continuous-time A, discretised with a step Δ ~ logU[dt_min, dt_max] (S4D paper, Gu et al. 2022,
   "On the parameterization and initialization of diagonal state space models"; n = 0..N-1):
@@ -187,6 +189,26 @@ def real(
     shape = _shape(shape)
     check_init_params(r_min=r_min, r_max=r_max)
     return _radii(shape, r_min, r_max, generator, dtype).to(_complex(dtype))
+
+
+@register_init("real_signed")
+def real_signed(
+    shape: int | tuple[int, ...],
+    *,
+    r_min: float = 0.0,
+    r_max: float = 1.0,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Real λ = ±|λ|, |λ|² ~ U[r_min², r_max²], each sign with probability 1/2: λ ∈ (-1, 1).
+
+    A negative λ makes the state alternate, x_k = λ^k x_0, i.e. the real line's only frequency
+    (phase π) besides 0: the real counterpart of the complex ring's phases."""
+    shape = _shape(shape)
+    check_init_params(r_min=r_min, r_max=r_max)
+    r = _radii(shape, r_min, r_max, generator, dtype)
+    sign = torch.where(torch.rand(shape, generator=generator, dtype=dtype) < 0.5, -1.0, 1.0).to(dtype)
+    return (sign * r).to(_complex(dtype))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,8 +6,10 @@
 u_k ∈ R^H, x_k ∈ C^N. The exponential parameterisation keeps |λ| < 1 for any nu_log, and γ
 normalises the state so that E|x|² = E|Bu|² at init for white-noise input (Prop. 3). All
 parameters are real tensors; B and C are stored as real and imaginary parts (B_re, B_im, C_re,
-C_im). With `complex=False` the phase is fixed at 0 (no theta_log) and B, C are real (B_re, C_re):
-the paper's real diagonal arm.
+C_im). With `complex=False` the phase is fixed (no theta_log) and B, C are real (B_re, C_re): the
+paper's real diagonal arm, λ = s · exp(-exp(nu_log)) with a fixed sign s = +1, or s = ±1 per state
+for the signed init (``real_signed``: λ ∈ (-1, 1); s is the buffer ``lam_sign``, not trained, as
+the complex arm's phase would have to cross |λ| = 0 to change it).
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ from ssm_train.ops.scan import linear_scan
 LRU_INIT_DEFAULTS: dict[str, dict] = {
     "ring": {"r_min": 0.9, "r_max": 0.999, "max_phase": 2 * math.pi},
     "real": {"r_min": 0.9, "r_max": 0.999},
+    "real_signed": {"r_min": 0.9, "r_max": 0.999},
 }
 
 _TINY = 1e-8  # floor for |λ| and arg λ so that their logs stay finite at init
 
 
-REAL_INITS = ("real", "s4d_real", "mamba")  # positive real λ (ZOH of a real negative A)
+REAL_INITS = ("real", "s4d_real", "mamba", "real_signed")  # real λ (the first three positive)
+SIGNED_INITS = ("real_signed",)  # real λ of either sign: the real arm keeps the signs in `lam_sign`
 
 
 class LRU(nn.Module):
@@ -69,11 +73,15 @@ class LRU(nn.Module):
         self.init = init if init is not None else ("ring" if complex else "real")
         params = {**LRU_INIT_DEFAULTS.get(self.init, {}), **(init_params or {})}
         lam = init_eigenvalues(self.init, (N,), params, generator=generator).to(torch.complex128)
-        if not complex and (lam.imag.abs().max() > 1e-6 or lam.real.min() <= 0):
+        signed = not complex and self.init in SIGNED_INITS
+        if not complex and (lam.imag.abs().max() > 1e-6 or (not signed and lam.real.min() <= 0)):
             raise ValueError(
-                f"LRU(complex=False) needs positive real eigenvalues, but init={self.init!r} gives "
-                "complex or negative ones; use init='real', 's4d_real' or 'mamba' (ZOH)"
+                f"LRU(complex=False) needs real eigenvalues (positive unless the init is signed), but "
+                f"init={self.init!r} gives complex or negative ones; use init='real', 's4d_real', "
+                "'mamba' (ZOH) or 'real_signed'"
             )
+        if signed:  # a fixed ±1 per state; float32 like nu_log, so that .double() moves it too
+            self.register_buffer("lam_sign", torch.where(lam.real < 0, -1.0, 1.0).float())
         r = lam.abs().clamp(_TINY, 1 - 1e-7)
         # λ = exp(-exp(nu_log) + i exp(theta_log)): nu_log = log(-log|λ|), theta_log = log(arg λ)
         self.nu_log = nn.Parameter(torch.log(-torch.log(r)).float())
@@ -105,7 +113,8 @@ class LRU(nn.Module):
         """Λ as a [N] tensor: complex when `complex`, else real; at least float32."""
         nu = at_least_float32(self.nu_log)
         if not self.complex:
-            return torch.exp(-torch.exp(nu))
+            lam = torch.exp(-torch.exp(nu))
+            return lam * self.lam_sign.to(lam.dtype) if hasattr(self, "lam_sign") else lam
         return torch.exp(torch.complex(-torch.exp(nu), torch.exp(at_least_float32(self.theta_log))))
 
     def eigenvalues(self) -> Tensor:
@@ -179,10 +188,10 @@ class LRUConfig(LayerConfig):
 @dataclass
 class RealLRUConfig(LRUConfig):
     def problems(self, ctx: LayerContext) -> Iterator[tuple[str, str]]:
-        if ctx.init not in REAL_INITS:  # the phase is fixed at 0: the init must give positive real λ
+        if ctx.init not in REAL_INITS:  # the phase is fixed: the init must give real λ
             yield "init.name", f"kind=real needs a real init ({', '.join(REAL_INITS)}), got '{ctx.init}'"
 
 
 register_layer("lru", LRU, LRUConfig, doc="LRU (Orvieto et al. 2023): complex diagonal Λ, γ-normalised input")
 register_layer("real", functools.partial(LRU, complex=False), RealLRUConfig,
-               doc="the LRU with real positive Λ and real B, C (the paper's real arm)")
+               doc="the LRU with real Λ and real B, C (the paper's real arm; λ < 0 too with init real_signed)")

@@ -50,6 +50,15 @@ def test_real_has_zero_phase_and_ring_radii():
     assert stats.kstest(r**2, stats.uniform(loc=0.04, scale=0.81 - 0.04).cdf).pvalue > 1e-3
 
 
+def test_real_signed_has_both_signs_and_ring_radii():
+    lam = get_init("real_signed")(10_000, r_min=0.2, r_max=0.9, generator=gen(2), dtype=torch.float64)
+    assert torch.all(lam.imag == 0)
+    assert abs((lam.real < 0).double().mean().item() - 0.5) < 0.02  # each sign with odds 1/2
+    r = lam.real.abs().numpy()
+    assert r.min() >= 0.2 and r.max() <= 0.9
+    assert stats.kstest(r**2, stats.uniform(loc=0.04, scale=0.81 - 0.04).cdf).pvalue > 1e-3
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     r=st.tuples(st.floats(0, 1), st.floats(0, 1)).map(sorted),
@@ -173,6 +182,17 @@ def test_lru_defaults_are_documented_ring():
     assert torch.remainder(lam.angle(), 2 * math.pi).max() > 6.0  # phases span [0, 2π]
     real = LRU(d_model=4, d_state=100, complex=False, generator=gen(6)).eigenvalues()
     assert torch.all(real.imag == 0) and real.real.min() >= 0.9 - 1e-6
+
+
+def test_real_lru_keeps_the_signed_inits_eigenvalues_as_a_fixed_buffer():
+    params = {"r_min": 0.5, "r_max": 0.99}
+    layer = LRU(d_model=4, d_state=64, complex=False, init="real_signed", init_params=params, generator=gen(5))
+    expected = init_eigenvalues("real_signed", (64,), params, generator=gen(5))
+    torch.testing.assert_close(layer.eigenvalues(), expected, rtol=1e-4, atol=1e-5)
+    assert (layer.lam() < 0).any() and (layer.lam() > 0).any()
+    assert "lam_sign" in dict(layer.named_buffers()) and "lam_sign" not in dict(layer.named_parameters())
+    with pytest.raises(ValueError, match="positive unless the init is signed"):  # real init: no sign
+        LRU(d_model=4, d_state=4, complex=False, init="s4d_lin")
 
 
 def test_real_lru_refuses_complex_eigenvalues():

@@ -19,6 +19,8 @@ def equations(layer: LRU, u: torch.Tensor) -> torch.Tensor:
         Bm, Cm = torch.complex(layer.B_re, layer.B_im), torch.complex(layer.C_re, layer.C_im)
     else:
         lam, Bm, Cm = torch.exp(-nu), layer.B_re, layer.C_re
+        if layer.init == "real_signed":
+            lam = lam * layer.lam_sign
     bu = u.to(Bm.dtype) @ Bm.T
     if layer.normalize:
         bu = bu * torch.exp(layer.gamma_log)
@@ -34,6 +36,7 @@ CASES = {
     "unnormalised": dict(normalize=False, init_params={"r_min": 0.99, "r_max": 0.9999}),
     "reverse": dict(reverse=True, init_params={"r_min": 0.999, "r_max": 0.9999}),
     "real": dict(complex=False, init_params={"r_min": 0.99, "r_max": 0.9999}),
+    "real_signed": dict(complex=False, init="real_signed", init_params={"r_min": 0.99, "r_max": 0.9999}),
 }
 
 
