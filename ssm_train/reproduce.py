@@ -40,6 +40,12 @@ RESULTS: dict[str, str] = {
     "vandermonde": "ssm_train.analysis.vandermonde:reproduce",
     "reconstruction": "ssm_train.analysis.reconstruction:reproduce",
     "trained": "ssm_train.analysis.trained:reproduce",
+    "gradients": "ssm_train.analysis.gradients:reproduce",
+    "width": "ssm_train.analysis.width:reproduce",
+    "real_suffices": "ssm_train.analysis.real_suffices:reproduce",
+    "ode": "ssm_train.analysis.ode:reproduce",
+    "ring_phase": "ssm_train.analysis.ring_phase:reproduce",
+    "corpora": "ssm_train.analysis.corpora:reproduce",
 }
 
 
