@@ -17,12 +17,12 @@ white Gaussian noise:
 Reported per task, arm, N and seed: the relative error sqrt(Σ|ŷ - y|² / Σ|y|²) of the trained
 model, twice:
 
-* ``rel_err``: the framework's final ``val/rel_err`` (its fixed validation batches);
-* ``held_out_rel_err``: on 256 fresh samples of the *training* stream (sample indices from 10^9,
-  never reached in training), computed here from ``last.ckpt``. The training stream is infinite
-  and never repeats, so this is a test error of the map the model was trained on. For ``copy`` the
-  two agree; for ``nonlinear`` only this one is meaningful while the validation stream draws its
-  own random f (``_random_map`` is seeded by the stream's seed, and validation uses seed + 1000003).
+* ``rel_err``: the framework's final ``val/rel_err`` (its fixed validation batches: samples from
+  index 2^40 of the same stream, ``synthetic.VAL_INDEX_OFFSET``, so the same random f);
+* ``held_out_rel_err``: on 256 fresh samples of the training stream (sample indices from 10^9, never
+  reached in training), computed here from ``last.ckpt``. The training stream is infinite and never
+  repeats, so both are test errors of the map the model was trained on, on different samples; they
+  agree to the noise of 256 samples (checked in tests/reproduce).
 
 Every run is an ordinary run directory under ``<out>/runs/``; a finished run (its ``result.json``)
 is not trained again when the command is repeated.

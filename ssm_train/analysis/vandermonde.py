@@ -18,6 +18,10 @@ Reading real inputs from a complex state uses the real system [Re V; Im V] (2N e
 ``reconstruction.py``); its condition number ``cond_real_system`` is reported next to κ(V). For a
 real spectrum the two coincide; for a complex one the real system is overdetermined 2:1 at N = L
 and can be far better conditioned than V itself.
+
+A random spectrum's κ moves by 10-100x and more between seeds (two close nodes are enough to
+make V nearly singular), so the reproduction reports the first and third quartiles over seeds
+next to the median. Exact values beyond float64's reach: ``real_suffices.py`` (mpmath).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssm_train.analysis.report import Result, median_table, pyplot
+from ssm_train.analysis.report import Result, pyplot
 
 from ssm_train.analysis.spectra import SPECTRA, spectrum
 
@@ -55,17 +59,32 @@ def condition_number(V: np.ndarray) -> tuple[float, bool]:
 
 def condition_numbers(sizes: list[int], seeds: list[int], spectra: list[str] | None = None) -> list[dict]:
     """One row per (spectrum, N = L, seed): ``{"spectrum", "N", "L", "cond", "saturated", "seed",
-    "cond_real_system"}``."""
+    "cond_real_system", "saturated_real_system"}``."""
     rows = []
     for name in spectra or list(SPECTRA):
         for n in sizes:
             for seed in seeds:
                 V = vandermonde(spectrum(name, n, seed), n)
                 cond, saturated = condition_number(V)
-                cond_real, _ = condition_number(real_system(V))
+                cond_real, saturated_real = condition_number(real_system(V))
                 rows.append({"spectrum": name, "N": n, "L": n, "cond": cond, "saturated": saturated,
-                             "seed": seed, "cond_real_system": cond_real})
+                             "seed": seed, "cond_real_system": cond_real, "saturated_real_system": saturated_real})
     return rows
+
+
+def quartile_table(rows: list[dict], key: str) -> dict[tuple[str, int], tuple[float, float, float]]:
+    """(spectrum, N) -> (first quartile, median, third quartile) of ``key`` over seeds: random
+    spectra's κ moves by 10-100x between seeds, so a median alone hides how far a draw can land."""
+    groups: dict[tuple[str, int], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["spectrum"], r["N"]), []).append(r[key])
+    return {k: tuple(float(q) for q in np.percentile(v, [25, 50, 75])) for k, v in groups.items()}
+
+
+def _cell(q: tuple[float, float, float], saturated: bool) -> str:
+    q1, q2, q3 = q
+    star = "*" if saturated else ""
+    return f"{q2:.2g}{star}" if q3 <= q1 * 1.01 else f"{q2:.2g}{star} [{q1:.2g}, {q3:.2g}]"
 
 
 # -------------------------------------------------------------------- ssm-train reproduce vandermonde
@@ -75,19 +94,21 @@ def reproduce(quick: bool, out: Path) -> Result:
     sizes, seeds = [8, 16, 32, 64, 128], list(range(3 if quick else 10))
     rows = condition_numbers(sizes, seeds)
     meta = {"sizes": sizes, "seeds": seeds, "saturation": "cond > 1/(N*eps): float64 cannot resolve σ_min",
-            "eps": EPS}
-    med = median_table(rows, "cond")
-    med_real = median_table(rows, "cond_real_system")
-    sat = {(r["spectrum"], r["N"]) for r in rows if r["saturated"]}
-    md = [f"Median over {len(seeds)} seeds of κ(V) = σ_max/σ_min, V[i, j] = λ_i^j, N = L "
-          "(`*`: float64 cannot resolve σ_min, κ > 1/(N·eps); the value is what float64 gives). "
-          "In parentheses: κ of the real system [Re V; Im V] used to read real inputs.", "",
-          "| spectrum | " + " | ".join(f"N = {n}" for n in sizes) + " |",
-          "|---" * (len(sizes) + 1) + "|"]
-    for name in SPECTRA:
-        cells = [f"{med[name, n]:.2g}{'*' if (name, n) in sat else ''} ({med_real[name, n]:.2g})" for n in sizes]
-        md.append(f"| `{name}` | " + " | ".join(cells) + " |")
-    return {"meta": meta, "rows": rows}, lambda p: plot(rows, sizes, EPS, p), "\n".join(md)
+            "eps": EPS, "spread": "quartiles over seeds (numpy.percentile 25, 50, 75)"}
+    md = []
+    for key, what in (("cond", "κ(V) = σ_max/σ_min, V[i, j] = λ_i^j, N = L"),
+                      ("cond_real_system", "κ of the real system [Re V; Im V] used to read real inputs "
+                                           "(= κ(V) for a real spectrum), N = L")):
+        q = quartile_table(rows, key)
+        sat_key = {(r["spectrum"], r["N"]) for r in rows if r[key.replace("cond", "saturated")]}
+        md += [f"{what}: median over {len(seeds)} seeds [first, third quartile] (`*`: for at least one "
+               "seed float64 cannot resolve σ_min, κ > 1/(rows·eps); such a value is what float64 gives, "
+               "the true κ is larger):", "",
+               "| spectrum | " + " | ".join(f"N = {n}" for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+        for name in SPECTRA:
+            md.append(f"| `{name}` | " + " | ".join(_cell(q[name, n], (name, n) in sat_key) for n in sizes) + " |")
+        md.append("")
+    return {"meta": meta, "rows": rows}, lambda p: plot(rows, sizes, EPS, p), "\n".join(md).rstrip()
 
 
 def plot(rows: list[dict], sizes: list[int], eps: float, path: Path) -> None:
@@ -95,11 +116,13 @@ def plot(rows: list[dict], sizes: list[int], eps: float, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, key, title in ((axes[0], "cond", "κ(V), V[i,j] = λ_i^j, N = L"),
                            (axes[1], "cond_real_system", "κ([Re V; Im V]) (real inputs)")):
-        med = median_table(rows, key)
+        q = quartile_table(rows, key)
         for name in SPECTRA:
-            ys = [med[name, n] for n in sizes]
-            sat = [any(r["saturated"] for r in rows if r["spectrum"] == name and r["N"] == n) for n in sizes]
+            q1, ys, q3 = (np.array([q[name, n][i] for n in sizes]) for i in range(3))
+            sat = [any(r[key.replace("cond", "saturated")] for r in rows if r["spectrum"] == name and r["N"] == n)
+                   for n in sizes]
             line, = ax.plot(sizes, ys, "-", label=name)
+            ax.fill_between(sizes, q1, q3, color=line.get_color(), alpha=0.2, lw=0)
             ax.scatter(sizes, ys, c=[line.get_color() if not s else "none" for s in sat],
                        edgecolors=line.get_color(), s=22, zorder=3)
         ax.axhline(1 / eps, color="k", ls=":", lw=0.8)
@@ -108,9 +131,10 @@ def plot(rows: list[dict], sizes: list[int], eps: float, path: Path) -> None:
         ax.set_xticks(sizes, [str(n) for n in sizes])
         ax.xaxis.set_minor_locator(plt.NullLocator())
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("condition number (median over seeds)")
+    axes[0].set_ylabel("condition number (median, band: quartiles)")
     axes[0].legend(fontsize=7)
-    fig.text(0.01, 0.01, "hollow: saturated (float64 cannot resolve σ_min)", fontsize=6)
+    fig.text(0.01, 0.01, "hollow: saturated (float64 cannot resolve σ_min); band: first to third quartile "
+                         "over seeds", fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

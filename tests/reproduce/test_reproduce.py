@@ -143,6 +143,13 @@ def test_reproduce_writes_json_png_and_one_report_section(tmp_path, name: str) -
     report = (tmp_path / "report.md").read_text()
     assert report.count(f"## {name}") == 1 and f"![{name}]({name}.png)" in report
     assert f"ssm-train reproduce {name} --quick" in report and "`roots_of_unity`" in report
+    if name == "vandermonde":  # quartiles next to the median, for the random spectra
+        assert "[first, third quartile]" in report and "| `ring_0.9_1` | " in report
+        assert all(" [" in cell for cell in report.split("| `ring_0_1` | ")[1].split("\n")[0].split(" | ")[:3])
+    else:  # both readouts, in the rows, the tables and the memory table
+        assert {r["readout"] for r in data["rows"]} == {"lstsq", "tsvd"}
+        assert {r["readout"] for r in data["memory"]} == {"lstsq", "tsvd"}
+        assert "| 1e-06 | tsvd |" in report and "noise 1e-06, tsvd |" in report
 
 
 def test_report_sections_are_replaced_in_place(tmp_path) -> None:
@@ -179,3 +186,49 @@ def test_reproduce_trained_fits_both_arms_and_reuses_finished_runs(tmp_path, mon
 def test_unknown_result_is_a_clear_error(tmp_path, capsys) -> None:
     assert main(["reproduce", "vandermond", "--out", str(tmp_path)]) == 2
     assert "unknown result 'vandermond'; valid: vandermonde, reconstruction, trained" in capsys.readouterr().err
+
+
+# ------------------------------------------------------- regularised readout, spread over seeds
+
+
+def test_tsvd_cut_is_the_noise_per_singular_direction() -> None:
+    from ssm_train.analysis.reconstruction import tsvd_cut
+
+    A = np.diag([4.0, 2.0, 0.5])
+    s = np.array([4.0, 2.0, 0.5])
+    assert tsvd_cut(A, s, 0.1) == pytest.approx(0.1 * np.sqrt(16 + 4 + 0.25) / np.sqrt(3))
+    assert tsvd_cut(A, s, 0.0) == pytest.approx(3 * np.finfo(float).eps * 4)  # lstsq's own cut
+
+
+def test_tsvd_readout_tames_noise_for_the_real_spectrum_and_leaves_the_roots_alone() -> None:
+    lam = spectrum("real_0_1", 16, 0)
+    lstsq, _ = reconstruction_errors(lam, 16, 1e-6, 16, np.random.default_rng(0), "lstsq")
+    tsvd, _ = reconstruction_errors(lam, 16, 1e-6, 16, np.random.default_rng(0), "tsvd")
+    assert lstsq.mean() > 1e3 and tsvd.mean() < 1 and tsvd.mean() < 1e-4 * lstsq.mean()
+    roots = spectrum("roots_of_unity", 16)
+    a, _ = reconstruction_errors(roots, 16, 1e-6, 16, np.random.default_rng(0), "lstsq")
+    b, _ = reconstruction_errors(roots, 16, 1e-6, 16, np.random.default_rng(0), "tsvd")
+    np.testing.assert_allclose(a, b, rtol=1e-8)  # κ = 1: nothing is below the cut
+    with pytest.raises(ValueError, match="unknown readout"):
+        reconstruction_errors(roots, 16, 0.0, 2, np.random.default_rng(0), "pinv")
+
+
+def test_tsvd_recovers_more_lags_of_the_glorot_disk_under_noise() -> None:
+    from ssm_train.analysis.reconstruction import first_lost_lag
+
+    rows = memory_curves(32, 128, [1e-6], [0], draws=64, spectra=["ring_0_1", "real_0_1"], readouts=("lstsq", "tsvd"))
+    lag = {(r["spectrum"], r["readout"]): first_lost_lag(r["err_by_lag"]) for r in rows}
+    assert lag["ring_0_1", "tsvd"] > lag["ring_0_1", "lstsq"] + 10
+    assert lag["real_0_1", "lstsq"] == 0 < lag["real_0_1", "tsvd"]
+
+
+def test_condition_number_quartiles_show_the_spread_of_random_rings() -> None:
+    from ssm_train.analysis.vandermonde import quartile_table
+
+    rows = condition_numbers([32], seeds=list(range(10)), spectra=["ring_0.9_1", "roots_of_unity"])
+    q1, q2, q3 = quartile_table(rows, "cond")["ring_0.9_1", 32]
+    conds = sorted(r["cond"] for r in rows if r["spectrum"] == "ring_0.9_1")
+    assert conds[0] <= q1 < q2 < q3 <= conds[-1] and q2 == pytest.approx(np.median(conds))
+    assert q3 > 3 * q1  # seeds move a random ring's κ by far more than a median suggests
+    r1, _, r3 = quartile_table(rows, "cond")["roots_of_unity", 32]
+    assert r3 == pytest.approx(r1)
