@@ -21,8 +21,8 @@ model, twice:
   index 2^40 of the same stream, ``synthetic.VAL_INDEX_OFFSET``, so the same random f);
 * ``held_out_rel_err``: on 256 fresh samples of the training stream (sample indices from 10^9, never
   reached in training), computed here from ``last.ckpt``. The training stream is infinite and never
-  repeats, so both are test errors of the map the model was trained on, on different samples; they
-  agree to the noise of 256 samples (checked in tests/reproduce).
+  repeats, so both are test errors of the map the model was trained on, on different samples
+  (tests/data/test_synthetic.py checks that validation scores the training stream's f).
 
 Every run is an ordinary run directory under ``<out>/runs/``; a finished run (its ``result.json``)
 is not trained again when the command is repeated.
