@@ -51,7 +51,7 @@ class Setting:
 
 
 QUICK = Setting(lags=(16, 64), steps=150, model=("model.d_model=32", "model.n_layers=1", "model.d_state=32"))
-FULL = Setting(lags=(16, 64, 256), steps=600)
+FULL = Setting(lags=(16, 64, 256), steps=300)  # the sweep files suggest 300 steps for a local run
 
 
 def sweep_path(name: str) -> Path:
@@ -147,19 +147,25 @@ def plot(rows: list[dict], lags: tuple[int, ...], path: Path) -> None:
     plt = pyplot()
     r_mins, r_maxs, err = radius_grid(rows, lags)
     phases, mean, _ = phase_grid(rows, lags)
-    fig, axes = plt.subplots(1, len(r_maxs) + 1, figsize=(3.3 * (len(r_maxs) + 1), 3.2))
     panels = [(err[a], [f"{r:g}" for r in r_mins], "r_min", f"ring_radius, r_max = {r_max:g}")
               for a, r_max in enumerate(r_maxs)]
     panels.append((mean, [f"{p:.3g}" for p in phases], "max_phase", "phase_range, |λ| ∈ [0.9, 0.999]"))
-    for ax, (grid, labels, ylabel, title) in zip(np.atleast_1d(axes), panels):
-        im = ax.imshow(np.log10(np.clip(grid, 1e-4, None)), vmin=-3, vmax=0.2, cmap="viridis_r", aspect="auto",
-                       origin="lower")
+    logs = np.log10(np.clip(np.concatenate([g.ravel() for g, *_ in panels]), 1e-4, None))
+    vmin, vmax = float(np.nanmin(logs)), max(float(np.nanmax(logs)), float(np.nanmin(logs)) + 0.1)
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 + 1.0 * len(lags) * len(panels), 3.4),
+                             layout="constrained", squeeze=False)
+    for k, (ax, (grid, labels, ylabel, title)) in enumerate(zip(axes.flat, panels)):
+        im = ax.imshow(np.log10(np.clip(grid, 1e-4, None)), vmin=vmin, vmax=vmax, cmap="viridis_r",
+                       aspect="auto", origin="lower")
         for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v > 0.3 else "k")
+            dark = np.log10(max(v, 1e-4)) > (vmin + vmax) / 2
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if dark else "k")
         ax.set_xticks(range(len(lags)), [str(k) for k in lags])
-        ax.set_yticks(range(len(labels)), labels)
-        ax.set(xlabel="lag", ylabel=ylabel, title=title)
-        ax.title.set_fontsize(8)
-    fig.colorbar(im, ax=list(np.atleast_1d(axes)), label="log10 val/rel_err", shrink=0.8)
+        ax.set_yticks(range(len(labels)), labels if k in (0, len(panels) - 1) else [""] * len(labels))
+        ax.set_xlabel("lag")
+        if k in (0, len(panels) - 1):
+            ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=8)
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="log10 val/rel_err", shrink=0.9)
     fig.savefig(path, dpi=100)
     plt.close(fig)
