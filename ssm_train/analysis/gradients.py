@@ -64,8 +64,8 @@ function of (seed, sample index).
 
 Finished runs are stored under ``<out>/gradients_runs/`` and reused when the command is repeated
 with the same setting. Run time on two shared CPU cores, one thread: QUICK (ℓ = 8, 32, 128; one
-trained seed, 400 steps) about 4 min; FULL (ℓ = 8 .. 256; two trained seeds, 1000 steps) about
-an hour and a half, most of it at ℓ = 256 (N = 512, sequences of 512).
+trained seed, 400 steps) about 4 min; FULL (ℓ = 8 .. 256; two trained seeds, 1000 steps) 68 min,
+two thirds of it at ℓ = 256 (N = 512, sequences of 512).
 """
 
 from __future__ import annotations
@@ -338,6 +338,16 @@ def steps_to_target(rows: list[dict], arm: str, lag: int) -> float | None:
     return None if not np.isfinite(value) else value
 
 
+def steps_cell(rows: list[dict], arm: str, lag: int) -> str:
+    """The median step, "-" when no run got there, and which ones did when only some did."""
+    s = steps_to_target(rows, arm, lag)
+    steps = [r["steps_to_target"] for r in rows if r["arm"] == arm and r["lag"] == lag]
+    hits = [str(x) for x in steps if x is not None]
+    if s is not None or not hits:
+        return "-" if s is None else f"{s:.0f}"
+    return f"- ({len(hits)}/{len(steps)} seeds: {', '.join(hits)})"
+
+
 def reproduce(quick: bool, out: Path) -> Result:
     setting = QUICK if quick else FULL
     rows, init = run_all(setting, out, progress=lambda s: print(s, flush=True))
@@ -361,12 +371,11 @@ def reproduce(quick: bool, out: Path) -> Result:
           "|---|---|---|---|---|---|---|---|---|---|"]
     for arm in ARMS:
         for lag in setting.lags:
-            s = steps_to_target(rows, arm, lag)
             md.append(f"| {arm} | {lag} | {med(init, arm, lag, 'grad_at_lag'):.2e} | "
                       f"{med(init, arm, lag, 'grad_at_lag_centred'):.2e} | "
                       f"{med(init, arm, lag, 'dc'):.2f} / {med(init, arm, lag, 'ac'):.2f} | "
                       f"{med(rows, arm, lag, 'grad_at_lag_trained'):.2e} | {med(init, arm, lag, 'sens_at_lag'):.2e} | "
-                      f"{med(rows, arm, lag, 'sens_at_lag_trained'):.2e} | {'-' if s is None else f'{s:.0f}'} | "
+                      f"{med(rows, arm, lag, 'sens_at_lag_trained'):.2e} | {steps_cell(rows, arm, lag)} | "
                       f"{med(rows, arm, lag, 'final_rel_err'):.3f} |")
     md += ["", f"Decay of the init gradient with the lag, median G(k) over the initialisations of the ℓ = {top} "
                "models, and the ratio complex / arm:", "",

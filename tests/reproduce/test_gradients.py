@@ -178,3 +178,6 @@ def test_steps_to_target_is_a_median_that_counts_misses() -> None:
     assert steps_to_target(rows(None, 50), "a", 1) is None  # median of 50 and ∞
     assert steps_to_target(rows(30), "a", 1) == 30
     assert np.isnan(gradients.med([], "a", 1, "x"))
+    assert gradients.steps_cell(rows(None, 410), "a", 1) == "- (1/2 seeds: 410)"
+    assert gradients.steps_cell(rows(None, None), "a", 1) == "-"
+    assert gradients.steps_cell(rows(260, 270), "a", 1) == "265"
