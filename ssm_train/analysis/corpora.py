@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ssm_train.analysis.report import Result, pyplot
+from ssm_train.analysis.report import Result, project_root, pyplot, quiet_lightning, torch_threads
 
 EXPERIMENTS = ("splice", "tfbs", "dna_ecoli", "text_austen", "wordnet")
 ARMS = ("complex", "real_N", "real_2N")
@@ -53,11 +53,6 @@ QUICK = Setting(steps=60, limit_val_batches=8)
 FULL = Setting()
 
 
-def project_root() -> Path:
-    """The checkout whose configs/ and ../shared/data the experiments name (relative to it)."""
-    return Path(__file__).resolve().parents[2]
-
-
 def arm_overrides(arm: str, d_state: int) -> list[str]:
     if arm == "complex":
         return []
@@ -68,7 +63,6 @@ def arm_overrides(arm: str, d_state: int) -> list[str]:
 def train_one(runs: Path, setting: Setting, experiment: str, arm: str) -> dict:
     """One run, or its stored result: ``{"experiment", "arm", "metric", "value", "metrics", "d_state",
     "params", "runtime_s", "overrides"}``."""
-    from ssm_train.analysis.trained import _quiet_lightning
     from ssm_train.config import load_config
     from ssm_train.run import fit
 
@@ -85,7 +79,7 @@ def train_one(runs: Path, setting: Setting, experiment: str, arm: str) -> dict:
         cfg = load_config([config], overrides)
         t0 = time.perf_counter()
         (runs / name).mkdir(parents=True, exist_ok=True)
-        with (runs / name / "fit.log").open("w") as log, contextlib.redirect_stdout(log), _quiet_lightning():
+        with (runs / name / "fit.log").open("w") as log, contextlib.redirect_stdout(log), quiet_lightning():
             result = fit(cfg)
     row = {"experiment": experiment, "arm": arm, "metric": result.metric, "value": result.value,
            "metrics": result.metrics, "d_state": cfg.model.d_state, "params": parameter_count(runs / name),
@@ -103,20 +97,14 @@ def parameter_count(run_dir: Path) -> int:
 
 
 def train_all(out: Path, setting: Setting, progress=print) -> list[dict]:
-    import torch
-
     runs = out.resolve() / "runs"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(setting.threads)
     rows = []
-    try:
+    with torch_threads(setting.threads):
         for experiment in setting.experiments:
             for arm in ARMS:
                 row = train_one(runs, setting, experiment, arm)
                 progress(f"corpora {experiment}-{arm}: {row['metric']}={row['value']:.4f} ({row['runtime_s']} s)")
                 rows.append(row)
-    finally:
-        torch.set_num_threads(threads)
     return rows
 
 

@@ -78,7 +78,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssm_train.analysis.report import Result, median, pyplot
+from ssm_train.analysis.report import Result, log_xticks, median, pyplot, torch_threads
 
 ARMS: dict[str, list[str]] = {
     "complex": ["model.kind=lru", "model.init.name=ring"],
@@ -296,11 +296,7 @@ def train_one(setting: Setting, arm: str, lag: int, seed: int) -> dict:
 def run_all(setting: Setting, out: Path | None = None, progress=print) -> tuple[list[dict], list[dict]]:
     """(trained rows, init rows) for every (lag, seed, arm) of ``setting``. A trained run stored
     under ``out/gradients_runs`` with the same setting is read back instead of trained again."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(setting.threads)
-    try:
+    with torch_threads(setting.threads):
         init = [measure_init(setting, arm, lag, seed)
                 for lag in setting.lags for seed in setting.init_seeds for arm in ARMS]
         progress(f"measured {len(init)} initialisations")
@@ -318,8 +314,6 @@ def run_all(setting: Setting, out: Path | None = None, progress=print) -> tuple[
                      f"steps to {setting.target_err}: {'-' if reached is None else reached}, G(ℓ) "
                      f"{row['grad_at_lag_init']:.2e} -> {row['grad_at_lag_trained']:.2e} ({row['runtime_s']:.1f} s)")
             rows.append(row)
-    finally:
-        torch.set_num_threads(threads)
     return rows, init
 
 
@@ -428,8 +422,7 @@ def plot(rows: list[dict], init: list[dict], setting: Setting, path: Path) -> No
     d.set(xscale="log", xlabel="lag ℓ", ylabel=f"steps to relative error {setting.target_err}",
           title=f"(d) training steps (×: not within {setting.steps})", ylim=(0, setting.steps * 1.15))
     for ax in a, d:
-        ax.set_xticks(lags, [str(lag) for lag in lags])
-        ax.xaxis.set_minor_locator(plt.NullLocator())
+        log_xticks(ax, lags)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)

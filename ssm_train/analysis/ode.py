@@ -53,7 +53,7 @@ import numpy as np
 
 from ssm_train.analysis import trained
 from ssm_train.analysis.reconstruction import add_state_noise, final_state, reconstruct
-from ssm_train.analysis.report import Result, median, pyplot
+from ssm_train.analysis.report import Result, log_xticks, median, pyplot
 from ssm_train.analysis.spectra import SPECTRA, is_real, spectrum
 
 DT, DAMPING = 0.1, 0.3  # those of ssm_train.data.synthetic.duffing
@@ -293,8 +293,7 @@ def plot(rows: list[dict], pca: list[dict], runs: list[dict], st: Setting, path:
             ax.plot(sizes, np.maximum(ys, floor), style, color="k", lw=1, label=f"PCA, r = {'N' if k == 1 else '2N'}")
         ax.set(xscale="log", yscale="log", xlabel="N (eigenvalues)", title=f"{kind}, L = {st.L}",
                ylim=(floor / 3, 3), ylabel="relative error, ridge readout")
-        ax.set_xticks(sizes, [str(n) for n in sizes])
-        ax.xaxis.set_minor_locator(plt.NullLocator())
+        log_xticks(ax, sizes)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=6, loc="lower left")
     if runs:
@@ -305,8 +304,7 @@ def plot(rows: list[dict], pca: list[dict], runs: list[dict], st: Setting, path:
                         ms=4, capsize=2, label=arm)
         ax.set(xscale="log", yscale="log", xlabel="state size N (d_state)", ylabel="relative error (held out)",
                title=f"trained, data.kind=ode, {tr.steps} steps")
-        ax.set_xticks(tr.sizes, [str(n) for n in tr.sizes])
-        ax.xaxis.set_minor_locator(plt.NullLocator())
+        log_xticks(ax, tr.sizes)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in axes[panels:]:

@@ -47,7 +47,6 @@ Three parts, one row each (``"part"``):
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from ssm_train.analysis.reconstruction import reconstruct
-from ssm_train.analysis.report import Result, median, pyplot
+from ssm_train.analysis.report import Result, median, pyplot, torch_threads
 from ssm_train.analysis.spectra import spectrum
 from ssm_train.analysis.vandermonde import condition_number, vandermonde
 
@@ -299,7 +298,7 @@ def copy_rows(sizes: tuple[int, ...], seeds: tuple[int, ...], train_sequences: i
     import torch
 
     rows = []
-    with _torch_threads(1):  # tiny matrices: one thread is fastest and shares a busy machine best
+    with torch_threads(1):  # tiny matrices: one thread is fastest and shares a busy machine best
         for name in names:
             for n in sizes:
                 lags = copy_lags(n)
@@ -319,18 +318,6 @@ def copy_rows(sizes: tuple[int, ...], seeds: tuple[int, ...], train_sequences: i
                                 rows.append({"part": "copy", "nodes": name, "N": n, "seed": seed, "lag": lag,
                                              "dtype": dtype_name, "readout": readout, "rel_err": err})
     return rows
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 # ------------------------------------------------------------------ ssm-train reproduce real_suffices
@@ -403,7 +390,7 @@ def kappa_md(rows: list[dict], s: Setting) -> list[str]:
     quoted = [n for n in (16, 32) if (n, 0) in by_seed]
     if quoted:
         md += ["", "`real_0_1`, seed 0: " + ", ".join(f"κ = {by_seed[n, 0]:.3g} at N = {n}" for n in quoted)
-               + f"; median over seeds: " + ", ".join(
+               + "; median over seeds: " + ", ".join(
                    f"{median([k for (m, _), k in by_seed.items() if m == n]):.3g} at N = {n}" for n in quoted) + "."]
     return md
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssm_train.analysis.report import Result, median, pyplot
+from ssm_train.analysis.report import Result, log_xticks, median, pyplot
 
 from ssm_train.analysis.spectra import SPECTRA, is_real, spectrum
 from ssm_train.analysis.vandermonde import real_system, vandermonde
@@ -230,8 +230,7 @@ def plot(rows: list[dict], memory: list[dict], sizes: list[int], mem_n: int, mem
         ax.grid(alpha=0.3)
     for ax in axes[:2]:
         ax.set_xscale("log")
-        ax.set_xticks(sizes, [str(n) for n in sizes])
-        ax.xaxis.set_minor_locator(plt.NullLocator())
+        log_xticks(ax, sizes)
     axes[0].legend(fontsize=6, loc="center right")
     axes[0].title.set_fontsize(9)
     fig.tight_layout()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssm_train.analysis.report import Result, pyplot
+from ssm_train.analysis.report import Result, project_root, pyplot, quiet_lightning, torch_threads
 
 SWEEPS = ("ring_radius", "phase_range")
 
@@ -56,35 +56,28 @@ FULL = Setting(lags=(16, 64, 256), steps=300)  # the sweep files suggest 300 ste
 
 def sweep_path(name: str) -> Path:
     """configs/sweeps/<name>.yaml of this checkout (the sweeps' commands name configs relative to it)."""
-    return Path(__file__).resolve().parents[2] / "configs" / "sweeps" / f"{name}.yaml"
+    return project_root() / "configs" / "sweeps" / f"{name}.yaml"
 
 
 def run_sweeps(root: Path, setting: Setting, sweeps: dict[str, Path] | None = None) -> list[dict]:
     """Every trial of each sweep (name -> file; default: the shipped ``SWEEPS``) at each lag: rows
     ``{"sweep", "lag", "params", "status", "rel_err", "run_dir"}``."""
-    import torch
-
-    from ssm_train.analysis.trained import _quiet_lightning
     from ssm_train.sweeps.local import run_local
     from ssm_train.sweeps.validate import read_sweep
 
     rows = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(setting.threads)
-    try:
+    with torch_threads(setting.threads):
         for lag in setting.lags:
             out = root / f"lag{lag}"
             for name, path in (sweeps or {s: sweep_path(s) for s in SWEEPS}).items():
                 # the sweeps' commands name their configs relative to the checkout, as the CLI reads them
-                with contextlib.chdir(sweep_path(name).parents[2]), _quiet_lightning():
+                with contextlib.chdir(project_root()), quiet_lightning():
                     sweep = read_sweep(path, setting.overrides(lag, (out / "runs").resolve()))
                     records = run_local(sweep, None, out.resolve())
                 for r in records:
                     rows.append({"sweep": name, "lag": lag, "params": r["params"], "status": r["status"],
                                  "rel_err": r.get("metrics", {}).get("val/rel_err", float("nan")),
                                  "run_dir": r["run_dir"]})
-    finally:
-        torch.set_num_threads(threads)
     return rows
 
 

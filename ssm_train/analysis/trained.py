@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ssm_train.analysis.report import Result, pyplot
+from ssm_train.analysis.report import Result, log_xticks, pyplot, quiet_lightning, torch_threads
 
 ARMS: dict[str, list[str]] = {
     "complex": ["model.kind=lru", "model.init.name=ring"],
@@ -104,7 +103,7 @@ def train_one(out: Path, setting: Setting, task: str, arm: str, n: int, seed: in
                            f"seed={seed}", f"runs_dir={runs}", f"name={name}", "checkpoint.resume=none"])
     t0 = time.perf_counter()
     (runs / name).mkdir(parents=True, exist_ok=True)
-    with (runs / name / "fit.log").open("w") as log, contextlib.redirect_stdout(log), _quiet_lightning():
+    with (runs / name / "fit.log").open("w") as log, contextlib.redirect_stdout(log), quiet_lightning():
         result = fit(cfg)
     row = {"task": task, "arm": arm, "N": n, "seed": seed, "rel_err": result.value,
            "held_out_rel_err": held_out_error(runs / name), "steps": result.step,
@@ -136,36 +135,16 @@ def held_out_error(run_dir: Path, samples: int = 256) -> float:
     return float(err.sqrt())
 
 
-@contextlib.contextmanager
-def _quiet_lightning():
-    """Lightning's per-run banners (model summary, seed, devices) go nowhere; warnings still show."""
-    loggers = [logging.getLogger(n) for n in ("lightning", "lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def train_all(out: Path, setting: Setting, progress=print) -> list[dict]:
     """Every (task, arm, N, seed) of ``setting``, one after another."""
-    import torch
-
     rows = []
     combos = [(t, a, n, s) for t in setting.tasks for n in setting.sizes for s in setting.seeds for a in ARMS]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(setting.threads)
-    try:
+    with torch_threads(setting.threads):
         for k, (task, arm, n, seed) in enumerate(combos, 1):
             row = train_one(out, setting, task, arm, n, seed)
             progress(f"trained {k}/{len(combos)} {run_name(task, arm, n, seed)}: val/rel_err={row['rel_err']:.4f} "
                      f"held-out {row['held_out_rel_err']:.4f} ({row['runtime_s']:.1f} s)")
             rows.append(row)
-    finally:
-        torch.set_num_threads(threads)
     return rows
 
 
@@ -208,8 +187,7 @@ def plot(rows: list[dict], setting, path: Path) -> None:
                     color=bars[0].get_color(), label=f"{arm}: framework val/rel_err")
         ax.set(xscale="log", yscale="log", xlabel="state size N (d_state)", ylabel="relative error (held out)",
                title=f"{task} (lag {setting.lag}, {setting.steps} steps)")
-        ax.set_xticks(setting.sizes, [str(n) for n in setting.sizes])
-        ax.xaxis.set_minor_locator(plt.NullLocator())
+        log_xticks(ax, setting.sizes)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssm_train.analysis.report import Result, pyplot
+from ssm_train.analysis.report import Result, log_xticks, pyplot
 
 from ssm_train.analysis.spectra import SPECTRA, spectrum
 
@@ -128,8 +128,7 @@ def plot(rows: list[dict], sizes: list[int], eps: float, path: Path) -> None:
         ax.axhline(1 / eps, color="k", ls=":", lw=0.8)
         ax.text(sizes[0], 1 / eps * 3, "1/eps (float64)", fontsize=6)
         ax.set(xscale="log", yscale="log", xlabel="N = L", title=title)
-        ax.set_xticks(sizes, [str(n) for n in sizes])
-        ax.xaxis.set_minor_locator(plt.NullLocator())
+        log_xticks(ax, sizes)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("condition number (median, band: quartiles)")
     axes[0].legend(fontsize=7)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssm_train.analysis.report import Result, median, pyplot
+from ssm_train.analysis.report import Result, log_xticks, median, pyplot, torch_threads
 from ssm_train.analysis.spectra import is_real, spectrum
 from ssm_train.analysis.vandermonde import vandermonde
 
@@ -134,19 +134,13 @@ def train_readout(L: int, D: int, steps: int, seed: int, st: Setting) -> dict:
 
 
 def train_all(st: Setting, progress=print) -> list[dict]:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(st.threads)
     combos = [(L, D, s, seed) for s in st.budgets for L in st.lengths for D in st.widths for seed in st.seeds]
     rows = []
-    try:
+    with torch_threads(st.threads):
         for k, (L, D, steps, seed) in enumerate(combos, 1):
             rows.append(train_readout(L, D, steps, seed, st))
             progress(f"width {k}/{len(combos)} L={L} D={D} steps={steps} seed={seed}: "
                      f"rel_err={rows[-1]['rel_err']:.4f} ({rows[-1]['runtime_s']:.1f} s)")
-    finally:
-        torch.set_num_threads(threads)
     return rows
 
 
@@ -231,8 +225,7 @@ def plot(rows: list[dict], st: Setting, slopes: dict, path: Path) -> None:
     axes[1].set(xscale="log", yscale="log", xlabel="MLP width D", ylabel="ε · (D/L)^½",
                 title=f"flat if ε ∝ (L/D)^½ ({top} steps)")
     for ax in axes:
-        ax.set_xticks(widths, [str(D) for D in widths])
-        ax.xaxis.set_minor_locator(plt.NullLocator())
+        log_xticks(ax, widths)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()

@@ -204,11 +204,9 @@ def real_signed(
 
     A negative λ makes the state alternate, x_k = λ^k x_0, i.e. the real line's only frequency
     (phase π) besides 0: the real counterpart of the complex ring's phases."""
-    shape = _shape(shape)
-    check_init_params(r_min=r_min, r_max=r_max)
-    r = _radii(shape, r_min, r_max, generator, dtype)
-    sign = torch.where(torch.rand(shape, generator=generator, dtype=dtype) < 0.5, -1.0, 1.0).to(dtype)
-    return (sign * r).to(_complex(dtype))
+    r = real(shape, r_min=r_min, r_max=r_max, generator=generator, dtype=dtype)  # the radii first, as `real`
+    sign = torch.where(torch.rand(_shape(shape), generator=generator, dtype=dtype) < 0.5, -1.0, 1.0)
+    return sign * r
 
 
 # ---------------------------------------------------------------------------------------------
