@@ -66,8 +66,6 @@ INPUTS: dict[str, str] = {
 EXTRA_SPECTRA: dict[str, float] = {"ring_0.9_1_pi/4": math.pi / 4}  # name -> max_phase of a ring [0.9, 1]
 ALPHAS = [0.0, *(10.0 ** np.arange(-24, 1))]  # ridge α / σ_max(S)²; 0 = minimum-norm least squares
 
-# the ode task in trained.py's table of tasks (trained.reproduce runs only its own Setting's tasks)
-trained.TASKS.setdefault("ode", ["data.kind=ode"])
 
 
 # ------------------------------------------------------------------------------------- inputs
